@@ -1,0 +1,101 @@
+//! The `poplar` binary: parse the command line, set up logging, call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a config that does not validate (EX_DATAERR's neighbour EX_USAGE, as
+/// sysexits.h has it).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "poplar",
+    version,
+    about = "Edge-compute reverse proxy: wasi:http tasks at the edge, on Pingora and Wasmtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server from a config file.
+    Serve {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file (and compile its tasks), listing every problem.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start an origin and an edge with the example tasks on loopback.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        origin: SocketAddr,
+        /// Where the built example tasks are.
+        #[arg(long, default_value = "tasks/dist")]
+        tasks: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Demo {
+            listen,
+            origin,
+            tasks,
+        } => match poplar::demo::run(listen, origin, tasks) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("poplar demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(file: PathBuf) -> ExitCode {
+    let server =
+        poplar::config::load(&file).and_then(|config| poplar::server::build(&config, &file));
+    match server {
+        Ok(server) => {
+            log::info!("serving {}", file.display());
+            server.run_forever()
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn check(file: PathBuf) -> ExitCode {
+    let checked = poplar::config::load(&file).and_then(|config| {
+        poplar::server::load_tasks(&config, &file).map(|(_, tasks)| (config, tasks))
+    });
+    match checked {
+        Ok((config, tasks)) => {
+            println!(
+                "{}: ok ({} routes, {} tasks)",
+                file.display(),
+                config.routes.len(),
+                tasks.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}

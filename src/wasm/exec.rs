@@ -1,0 +1,217 @@
+//! One execution: a fresh store and instance for one request, run under the task's memory
+//! cap and deadline, with the response head and body handed back as they are produced.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::task::JoinHandle;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use super::Task;
+use super::host::Host;
+use crate::errors::ErrorKind;
+
+/// Why an execution did not produce a complete response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    #[error("the task ran past its deadline")]
+    Deadline,
+    #[error("the task reached its memory limit")]
+    Memory,
+    #[error("the task trapped: {0}")]
+    Trap(String),
+    #[error("the task returned without a response")]
+    NoResponse,
+    #[error("the task answered with an error: {0}")]
+    ErrorCode(String),
+    #[error("the host could not run the task: {0}")]
+    Host(String),
+}
+
+impl TaskError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TaskError::Deadline => ErrorKind::Deadline,
+            TaskError::Memory => ErrorKind::Memory,
+            TaskError::Trap(_) => ErrorKind::Trap,
+            TaskError::NoResponse | TaskError::ErrorCode(_) => ErrorKind::Task,
+            TaskError::Host(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The guest's response: its head now, its body as the guest writes it.
+pub struct GuestResponse {
+    pub head: http::response::Parts,
+    body: WasiBody,
+    run: Run,
+}
+
+/// The spawned execution. Dropping it stops the guest.
+struct Run {
+    handle: JoinHandle<Outcome>,
+    deadline: tokio::time::Instant,
+}
+
+struct Outcome {
+    result: wasmtime::Result<()>,
+    memory_hit: bool,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl Task {
+    /// Starts the task on `request` and waits for its response head.
+    ///
+    /// `slot` is held until the instance is gone, so the pool is never asked for more
+    /// instances than it has.
+    pub async fn call(
+        &self,
+        slot: OwnedSemaphorePermit,
+        mut request: http::Request<Full<Bytes>>,
+        request_id: Arc<str>,
+    ) -> Result<GuestResponse, TaskError> {
+        let started = Instant::now();
+        let deadline = started + self.limits.timeout;
+        if !request.headers().contains_key(http::header::HOST) {
+            // wasi:http needs an authority; HTTP/1.0 clients may send none.
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
+
+        let mut store = Store::new(
+            self.pre.engine(),
+            Host::new(&request_id, self.limits.memory),
+        );
+        store.limiter(|host| &mut host.limiter);
+        store.set_epoch_deadline(1);
+        // Yield to the scheduler at every tick so a busy guest shares its thread; trap at
+        // the deadline.
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let (tx, rx) = oneshot::channel();
+        let prepared: wasmtime::Result<_> = (|| {
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)?;
+            let out = store.data_mut().http().new_response_outparam(tx)?;
+            Ok((req, out))
+        })();
+        let (req, out) =
+            prepared.map_err(|e: wasmtime::Error| TaskError::Host(format!("{e:#}")))?;
+
+        let pre = self.pre.clone();
+        let handle = tokio::spawn(async move {
+            let _slot = slot;
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            let memory_hit = store.data().limiter.hit;
+            Outcome { result, memory_hit }
+        });
+        let mut run = Run {
+            handle,
+            deadline: tokio::time::Instant::from_std(deadline),
+        };
+
+        let answered = tokio::select! {
+            answered = rx => answered,
+            () = tokio::time::sleep_until(run.deadline) => return Err(TaskError::Deadline),
+        };
+        match answered {
+            Ok(Ok(response)) => {
+                let (head, body) = response.into_parts();
+                Ok(GuestResponse { head, body, run })
+            }
+            Ok(Err(code)) => Err(TaskError::ErrorCode(format!("{code:?}"))),
+            Err(_) => Err(run.failure().await.unwrap_or(TaskError::NoResponse)),
+        }
+    }
+}
+
+impl GuestResponse {
+    /// The next piece of the body, or `None` at its end. Trailers are dropped.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, TaskError> {
+        loop {
+            let frame = tokio::time::timeout_at(self.run.deadline, self.body.frame()).await;
+            let frame = match frame {
+                Err(_) => return Err(TaskError::Deadline),
+                Ok(None) => return Ok(None),
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(e))) => {
+                    let body_error = TaskError::Trap(format!("response body failed: {e}"));
+                    return Err(self.run.failure().await.unwrap_or(body_error));
+                }
+            };
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// The whole body if it ends within `limit` bytes; otherwise what was read so far,
+    /// with `false`.
+    pub async fn collect_up_to(&mut self, limit: usize) -> Result<(Vec<Bytes>, bool), TaskError> {
+        let mut chunks = Vec::new();
+        let mut len = 0;
+        while len <= limit {
+            match self.chunk().await? {
+                Some(chunk) => {
+                    len += chunk.len();
+                    chunks.push(chunk);
+                }
+                None => return Ok((chunks, true)),
+            }
+        }
+        Ok((chunks, false))
+    }
+}
+
+impl Run {
+    /// Why the guest failed, once it has stopped; `None` if it ended without an error.
+    async fn failure(&mut self) -> Option<TaskError> {
+        match tokio::time::timeout_at(self.deadline, &mut self.handle).await {
+            Err(_) => Some(TaskError::Deadline),
+            Ok(Err(join)) => Some(TaskError::Host(join.to_string())),
+            Ok(Ok(Outcome { result: Ok(()), .. })) => None,
+            Ok(Ok(Outcome {
+                result: Err(e),
+                memory_hit,
+            })) => Some(classify(&e, memory_hit)),
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error, memory_hit: bool) -> TaskError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => TaskError::Deadline,
+        _ if memory_hit => TaskError::Memory,
+        Some(trap) => TaskError::Trap(trap.to_string()),
+        None => TaskError::Trap(format!("{e:#}")),
+    }
+}

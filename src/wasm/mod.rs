@@ -1,0 +1,201 @@
+//! Wasmtime: one engine per server, one pre-instantiated component per task, one fresh
+//! store and instance per request.
+//!
+//! The engine uses the pooling allocator (sized from `placement.max_inline`) and epoch
+//! interruption driven by a ticker thread; each request's store gets a memory cap and a
+//! wall-clock deadline (see [`exec`]).
+
+mod exec;
+mod host;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::config::{Limits, TaskSpec};
+pub use exec::{GuestResponse, TaskError};
+use host::Host;
+
+/// How often the epoch advances: the granularity of deadlines and of guest time slices.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a task could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a valid component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("not a wasi:http/proxy component this host can run: {0:#}")]
+    Link(wasmtime::Error),
+}
+
+/// What the engine must be able to hold at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Concurrent instances.
+    pub instances: u32,
+    /// The largest memory cap of any task, in bytes.
+    pub max_memory: u64,
+}
+
+/// The engine, the linker and the epoch ticker, shared by every task of a server.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    /// One permit per instance the pool holds: an execution runs only with one in hand.
+    slots: Arc<Semaphore>,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    pub fn new(capacity: Capacity) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(capacity))?;
+        let mut linker = Linker::<Host>::new(&engine);
+        // All of WASI p2, as `wasmtime serve -S cli` links: Rust std guests import
+        // wasi:cli/environment, exit and terminal-*, beyond the proxy world.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let ticker = EpochTicker::start(&engine);
+        Ok(Runtime {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(capacity.instances.max(1) as usize)),
+            _ticker: ticker,
+        })
+    }
+
+    /// An execution slot, waiting for one until `until` at the latest.
+    pub async fn slot(&self, until: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
+        let acquire = self.slots.clone().acquire_owned();
+        tokio::time::timeout_at(until, acquire).await.ok()?.ok()
+    }
+
+    /// Compiles and links a task. This is slow (milliseconds to seconds): never on a request.
+    pub fn load(&self, spec: &TaskSpec) -> Result<Task, LoadError> {
+        let bytes = std::fs::read(&spec.wasm).map_err(|source| LoadError::Read {
+            path: spec.wasm.display().to_string(),
+            source,
+        })?;
+        self.load_bytes(&spec.name, &bytes, spec.limits)
+    }
+
+    pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Task, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::Link)?;
+        let pre = ProxyPre::new(pre).map_err(LoadError::Link)?;
+        Ok(Task {
+            name: name.to_string(),
+            digest: hex(&Sha256::digest(bytes)),
+            limits,
+            pre,
+        })
+    }
+}
+
+fn engine_config(capacity: Capacity) -> wasmtime::Config {
+    let instances = capacity.instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    // A Rust wasip2 guest has 3 core instances, 1 memory and 2 tables; leave room for
+    // components from other toolchains.
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(16))
+        .max_core_instances_per_component(16)
+        .total_memories(instances.saturating_mul(2))
+        .max_memories_per_component(2)
+        .total_tables(instances.saturating_mul(8))
+        .max_tables_per_module(4)
+        .total_stacks(instances)
+        .max_memory_size(usize::try_from(capacity.max_memory).unwrap_or(usize::MAX))
+        .decommit_batch_size(64);
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// A loaded task, ready to instantiate.
+pub struct Task {
+    pub name: String,
+    /// SHA-256 of the wasm file, hex: identifies this version of the task.
+    pub digest: String,
+    pub limits: Limits,
+    pre: ProxyPre<Host>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the runtime is dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> EpochTicker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (weak, flag) = (engine.weak(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("poplar-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a ticker no deadline can fire, so this must not go unnoticed.
+            log::error!("cannot start the epoch thread, guest deadlines rely on timers only: {e}");
+        }
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads every task of a config, collecting the failures by task name.
+pub fn load_all<'a>(
+    runtime: &Runtime,
+    specs: impl IntoIterator<Item = &'a TaskSpec>,
+) -> (Vec<Arc<Task>>, Vec<(String, LoadError)>) {
+    let mut loaded = Vec::new();
+    let mut failed = Vec::new();
+    for spec in specs {
+        match runtime.load(spec) {
+            Ok(task) => loaded.push(Arc::new(task)),
+            Err(e) => failed.push((spec.name.clone(), e)),
+        }
+    }
+    (loaded, failed)
+}

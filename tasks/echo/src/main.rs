@@ -1,0 +1,26 @@
+//! `echo`: answers with the request body and a selection of the request's headers.
+//!
+//! The body comes back unchanged, with the request's `content-type`. The method and
+//! path come back as `x-echo-method` and `x-echo-path`, and every request header
+//! whose name starts with `x-echo-` is returned as it was sent.
+
+use wstd::http::{Body, Error, Request, Response};
+
+#[wstd::http_server]
+async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    let (parts, mut body) = request.into_parts();
+    let bytes = body.bytes_contents().await?;
+
+    let mut response = Response::builder()
+        .header("x-echo-method", parts.method.as_str())
+        .header("x-echo-path", parts.uri.path());
+    if let Some(content_type) = parts.headers.get("content-type") {
+        response = response.header("content-type", content_type);
+    }
+    for (name, value) in &parts.headers {
+        if name.as_str().starts_with("x-echo-") {
+            response = response.header(name, value);
+        }
+    }
+    Ok(response.body(Body::from(bytes))?)
+}
