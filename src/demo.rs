@@ -22,7 +22,7 @@ use crate::server::Running;
 
 /// An origin server on its own thread. It answers every request with `200`, a first line
 /// `origin <METHOD> <path?query>`, then the request body as received; headers
-/// `x-origin-host` and `x-origin-forwarded-for` show what it was sent.
+/// `x-origin-host`, `x-origin-forwarded-for` and `x-origin-header-names` show what it was sent.
 pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
@@ -118,6 +118,7 @@ async fn answer(
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut text = format!("origin {} {target}\n", parts.method).into_bytes();
     text.extend_from_slice(&body);
+    let names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
     let seen = |name: &str| {
         parts
             .headers
@@ -129,6 +130,7 @@ async fn answer(
         .header("content-type", "text/plain; charset=utf-8")
         .header("x-origin-host", seen("host"))
         .header("x-origin-forwarded-for", seen("x-forwarded-for"))
+        .header("x-origin-header-names", names.join(","))
         .body(Full::new(Bytes::from(text)));
     Ok(response.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()))))
 }

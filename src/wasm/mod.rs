@@ -32,6 +32,10 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "is a core wasm module, not a component: build it for wasm32-wasip2 (or componentize it)"
+    )]
+    CoreModule,
     #[error("not a valid component: {0:#}")]
     Compile(wasmtime::Error),
     #[error("not a wasi:http/proxy component this host can run: {0:#}")]
@@ -89,6 +93,9 @@ impl Runtime {
     }
 
     pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Task, LoadError> {
+        if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(LoadError::CoreModule);
+        }
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         let pre = self
             .linker

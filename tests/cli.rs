@@ -1,0 +1,184 @@
+//! The `poplar` binary: `check` on every shipped config and on broken ones, and `serve`
+//! as a real process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_addr, tasks_dir};
+
+fn poplar() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_poplar"))
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let file = dir.join("poplar.yaml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn every_shipped_config_checks() {
+    tasks_dir();
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(conf).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = poplar().args(["check", "-c"]).arg(&path).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{}: {stderr}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-component.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let file = write_config(
+        dir.path(),
+        r#"role: edge
+listen: 127.0.0.1:99999
+threads: many
+tasks:
+  good:
+    wasm: not-a-component.wasm
+  bad name:
+    wasm: nowhere.wasm
+    limits: { memory: lots, timeout: 50ms, cpu: 1 }
+routes:
+  - match: { path_prefix: /a }
+    task: good
+  - match: { path: b }
+    task: missing
+  - match: { host: "a.test:80", path_prefix: / }
+    origin: localhost:80
+"#,
+    );
+    let out = poplar().args(["check", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "DIR");
+    let expected = r#"DIR/poplar.yaml: 10 problems
+  listen: invalid socket address syntax
+  threads: invalid type: string "many", expected usize
+  tasks.bad name: task names use letters, digits, '.', '_' and '-', and start with a letter or digit
+  tasks.bad name.wasm: cannot read "DIR/nowhere.wasm": No such file or directory (os error 2)
+  tasks.bad name.limits.cpu: unknown key; expected one of: memory, timeout, max_body
+  tasks.bad name.limits.memory: invalid size "lots"; use a size such as 64MiB or 512KiB
+  routes[1].match.path: must start with "/"
+  routes[1].task: unknown task "missing"
+  routes[2].match.host: must be a host name such as example.com or *.example.com, without port
+  routes[2].origin: invalid socket address syntax
+"#;
+    assert_eq!(stderr, expected);
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let file = write_config(
+        dir.path(),
+        "role: edge\nlisten: 127.0.0.1:1\ntasks:\n  x:\n    wasm: x.wasm\nroutes:\n  - match: { path: /x }\n    task: x\n",
+    );
+    let out = poplar().args(["check", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tasks.x.wasm: is a core wasm module, not a component"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("x.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let out = poplar().args(["check", "-c"]).arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tasks.x.wasm: not a valid component"),
+        "{stderr}"
+    );
+
+    // `serve` refuses it the same way, without starting.
+    let out = poplar().args(["serve", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let wasm = tasks_dir().join("wstd-http-server.wasm");
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "role: edge\nlisten: \"{addr}\"\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
+            wasm.display()
+        ),
+    );
+    let log = dir.path().join("stderr.log");
+    let mut child = poplar()
+        .args(["serve", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    let body = loop {
+        match reqwest::blocking_get(format!("http://{addr}/echo-headers")) {
+            Ok(body) => break body,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("server never answered: {e}"),
+        }
+    };
+    assert!(body.is_empty());
+    // SIGINT: Pingora's fast shutdown.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("stdout: serving /echo-headers"))
+        .unwrap_or_else(|| panic!("{logged}"));
+    // `[<request id>] stdout: ...`
+    assert!(
+        line.contains("poplar::guest") && line.contains("] stdout: serving"),
+        "{line}"
+    );
+}
+
+/// A tiny blocking GET, so this test needs no async runtime.
+mod reqwest {
+    use std::io::{Read, Write};
+
+    pub fn blocking_get(url: String) -> std::io::Result<String> {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut stream = std::net::TcpStream::connect(host)?;
+        write!(
+            stream,
+            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        if !response.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(response));
+        }
+        let (_, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        Ok(body.to_string())
+    }
+}

@@ -1,0 +1,122 @@
+//! End-to-end: origin routes proxied like a CDN, 404 for no route, 502 for a dead origin,
+//! and clients' `x-poplar-*` headers never reaching anyone.
+
+mod common;
+
+use common::{client, free_addr, start_edge};
+use poplar::demo::Origin;
+
+fn edge_with_origin(origin: std::net::SocketAddr) -> common::Edge {
+    start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\ntasks:\n  hello:\n    wasm: hello.wasm\nroutes:\n  - match: {{ path_prefix: /hello }}\n    task: hello\n  - match: {{ path_prefix: /site, methods: [GET, POST, HEAD] }}\n    origin: \"{origin}\"\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_and_post_are_proxied_to_the_origin() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge_with_origin(origin.addr);
+
+    let resp = client()
+        .get(format!("{}/site/page?q=1&r=two", edge.base))
+        .header("host", "www.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-origin-host"],
+        "www.example.test",
+        "the Host is kept"
+    );
+    assert_eq!(resp.headers()["x-origin-forwarded-for"], "127.0.0.1");
+    assert!(resp.headers().get("x-poplar-placement").is_none());
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "origin GET /site/page?q=1&r=two\n"
+    );
+
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let resp = client()
+        .post(format!("{}/site/upload", edge.base))
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    let (first_line, rest) = body.split_at(b"origin POST /site/upload\n".len());
+    assert_eq!(first_line, b"origin POST /site/upload\n");
+    assert_eq!(
+        rest,
+        payload.as_slice(),
+        "the body reaches the origin intact"
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_poplar_headers_are_stripped() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge_with_origin(origin.addr);
+    let resp = client()
+        .get(format!("{}/site/x", edge.base))
+        .header("x-poplar-placement", "region; name=evil")
+        .header("X-Poplar-Task", "other")
+        .header("x-keep-me", "1")
+        .send()
+        .await
+        .unwrap();
+    let names = resp.headers()["x-origin-header-names"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(names.split(',').any(|n| n == "x-keep-me"), "{names}");
+    assert!(!names.contains("x-poplar"), "{names}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_route_is_404_and_dead_origin_is_502() {
+    let dead = free_addr(); // nothing listens here
+    let edge = edge_with_origin(dead);
+
+    let resp = client()
+        .get(format!("{}/elsewhere", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-poplar-error"], "no-route");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "no route matches this request\n"
+    );
+
+    // A method the origin route does not take is not routed either.
+    let resp = client()
+        .delete(format!("{}/site/x", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let resp = client()
+        .get(format!("{}/site/x", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-poplar-error"], "origin");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "the origin could not be reached or failed\n"
+    );
+
+    // The edge keeps serving.
+    let resp = client()
+        .get(format!("{}/hello", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -1,0 +1,94 @@
+//! End-to-end: each example task served inline by a real edge, over real sockets.
+
+mod common;
+
+use common::{client, one_task, start_edge};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_greets_and_echoes_path_and_query() {
+    let edge = start_edge(&one_task("hello", "{ timeout: 2s }"));
+    let resp = client()
+        .get(format!("{}/hello/there?name=Ada&x=1", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    assert_eq!(headers["x-poplar-placement"], "edge; reason=pinned");
+    let timing = headers["server-timing"].to_str().unwrap();
+    let ms: f64 = timing
+        .strip_prefix("task;dur=")
+        .expect(timing)
+        .parse()
+        .expect(timing);
+    assert!(ms >= 0.0);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body,
+        "Hello, Ada!\npath: /hello/there\nquery: name=Ada&x=1\n"
+    );
+
+    let body = client()
+        .get(format!("{}/hello", edge.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "Hello, world!\npath: /hello\nquery: \n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_returns_body_and_selected_headers() {
+    let edge = start_edge(&one_task("echo", "{ timeout: 2s, max_body: 256KiB }"));
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = client()
+        .post(format!("{}/echo/path", edge.base))
+        .header("content-type", "application/octet-stream")
+        .header("x-echo-color", "green")
+        .header("x-not-echoed", "1")
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    assert_eq!(headers["x-echo-method"], "POST");
+    assert_eq!(headers["x-echo-path"], "/echo/path");
+    assert_eq!(headers["x-echo-color"], "green");
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert!(!headers.contains_key("x-not-echoed"));
+    // A body over 64 KiB is streamed back with chunked encoding.
+    assert!(headers.get("content-length").is_none());
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), payload.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_transform_transforms_and_rejects_bad_json() {
+    let edge = start_edge(&one_task("json-transform", "{ timeout: 2s }"));
+    let url = format!("{}/json-transform", edge.base);
+    let resp = client()
+        .post(&url)
+        .body(r#"{"name": "poplar", "n": [1, 2, {"deep": "yes"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(doc["transformed"]["name"], "POPLAR");
+    assert_eq!(doc["transformed"]["n"][2]["deep"], "YES");
+    assert_eq!(doc["stats"]["strings"], 2);
+    assert_eq!(doc["stats"]["numbers"], 2);
+    assert_eq!(doc["stats"]["depth"], 3);
+
+    let resp = client().post(&url).body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().starts_with("bad JSON:"));
+
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST, PUT");
+}
