@@ -117,7 +117,12 @@ impl Walk {
         let threads = self.threads(top);
         let max_inline = self.placement(top);
         let tasks = self.tasks(top, base);
-        let routes = self.routes(top, &tasks);
+        // Routes may name any declared task, valid or not: its own errors are reported already.
+        let declared: Vec<&str> = top
+            .get("tasks")
+            .and_then(Value::as_object)
+            .map_or_else(Vec::new, |m| m.keys().map(String::as_str).collect());
+        let routes = self.routes(top, &declared);
         Some(Config {
             role: role?,
             listen: listen?,
@@ -241,11 +246,7 @@ impl Walk {
         })
     }
 
-    fn routes(
-        &mut self,
-        top: &Map<String, Value>,
-        tasks: &BTreeMap<String, TaskSpec>,
-    ) -> Vec<RouteSpec> {
+    fn routes(&mut self, top: &Map<String, Value>, tasks: &[&str]) -> Vec<RouteSpec> {
         let Some(value) = top.get("routes") else {
             self.error("routes", "missing: a server needs at least one route");
             return Vec::new();
@@ -257,29 +258,24 @@ impl Walk {
         if items.is_empty() {
             self.error("routes", "a server needs at least one route");
         }
-        let mut routes: Vec<RouteSpec> = Vec::new();
+        let mut routes: Vec<(usize, RouteSpec)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = format!("routes[{i}]");
             let Some(route) = self.route(item, &path, tasks) else {
                 continue;
             };
-            if let Some(j) = routes.iter().position(|r| r.matcher == route.matcher) {
+            if let Some(&(j, _)) = routes.iter().find(|(_, r)| r.matcher == route.matcher) {
                 self.error(
                     format!("{path}.match"),
                     format!("same match as routes[{j}], so it could never be chosen"),
                 );
             }
-            routes.push(route);
+            routes.push((i, route));
         }
-        routes
+        routes.into_iter().map(|(_, route)| route).collect()
     }
 
-    fn route(
-        &mut self,
-        value: &Value,
-        path: &str,
-        tasks: &BTreeMap<String, TaskSpec>,
-    ) -> Option<RouteSpec> {
+    fn route(&mut self, value: &Value, path: &str, tasks: &[&str]) -> Option<RouteSpec> {
         let map = self.object(value, path, ROUTE_KEYS)?;
         let matcher = match map.get("match") {
             Some(value) => self.matcher(value, &join(path, "match")),
@@ -300,7 +296,7 @@ impl Walk {
                 None
             }
             (true, false) => task.and_then(|name| {
-                if tasks.contains_key(&name) {
+                if tasks.contains(&name.as_str()) {
                     Some(Target::Task(name))
                 } else {
                     self.error(join(path, "task"), format!("unknown task {name:?}"));
