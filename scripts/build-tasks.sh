@@ -13,7 +13,7 @@ fi
 
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path tasks/Cargo.toml
 mkdir -p tasks/dist
-for crate in hello echo json_transform spin_forever memory_hog trap stack_overflow; do
+for crate in hello outbound echo json_transform spin_forever memory_hog trap stack_overflow; do
   cp -f "tasks/target/wasm32-wasip2/release/$crate.wasm" "tasks/dist/${crate//_/-}.wasm"
 done
 

@@ -120,3 +120,18 @@ async fn no_route_is_404_and_dead_origin_is_502() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guests_cannot_call_out() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = start_edge(&common::one_task("outbound", "{ timeout: 2s }"));
+    let resp = client()
+        .get(format!("{}/outbound?to={}", edge.base, origin.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("refused: "), "{text}");
+    assert_eq!(origin.hits(), 0, "nothing reached the origin");
+}

@@ -29,14 +29,22 @@ async fn hello_greets_and_echoes_path_and_query() {
         "Hello, Ada!\npath: /hello/there\nquery: name=Ada&x=1\n"
     );
 
-    let body = client()
+    // HEAD: the length of the body it would get, no body, and the connection stays usable.
+    let client = client();
+    let resp = client
+        .head(format!("{}/hello", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], "35");
+    assert_eq!(resp.bytes().await.unwrap().len(), 0);
+    let resp = client
         .get(format!("{}/hello", edge.base))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    let body = resp.text().await.unwrap();
     assert_eq!(body, "Hello, world!\npath: /hello\nquery: \n");
 }
 

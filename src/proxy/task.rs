@@ -72,15 +72,19 @@ pub async fn serve(
     if complete {
         let body = concat(chunks);
         head.insert_header("content-length", body.len())?;
-        session
-            .write_response_header(Box::new(head), body.is_empty())
-            .await?;
-        if !body.is_empty() {
+        // A HEAD response says how long the body would be, and sends none.
+        let head_only = session.req_header().method == http::Method::HEAD;
+        let end = body.is_empty() || head_only;
+        session.write_response_header(Box::new(head), end).await?;
+        if !end {
             session.write_response_body(Some(body), true).await?;
         }
         return Ok(());
     }
     head.insert_header("transfer-encoding", "chunked")?;
+    if session.req_header().method == http::Method::HEAD {
+        return session.write_response_header(Box::new(head), true).await;
+    }
     session.write_response_header(Box::new(head), false).await?;
     for chunk in chunks {
         session.write_response_body(Some(chunk), false).await?;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Loads the `hello` task route of a release build with wrk, side by side with the same
+# server's own 404 (a response written from request_filter: Poplar's ceiling), in one run.
+#
+#   scripts/load-hello.sh [seconds] [connections]
+#
+# Both servers run with RUST_BACKTRACE unset (this environment sets it to 1, which makes
+# Wasmtime capture a backtrace for every internal error) and Pingora with 1 worker thread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-8}
+connections=${2:-32}
+
+scripts/setup.sh wrk
+scripts/build-tasks.sh
+cargo build --release --quiet
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+cat > "$work/bench.yaml" <<YAML
+role: edge
+listen: "127.0.0.1:$port"
+threads: 1
+tasks:
+  hello:
+    wasm: $(pwd)/tasks/dist/hello.wasm
+    limits: { memory: 16MiB, timeout: 1s }
+routes:
+  - match: { path_prefix: /hello }
+    task: hello
+YAML
+env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/bench.yaml" 2>"$work/server.log" &
+server=$!
+for _ in $(seq 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$port/hello" && break
+  sleep 0.1
+done
+
+run() { # name path
+  local out rps p50 p99 errors
+  out=$(wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$port$2")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
+  printf '%-32s %12s %10s %10s  %s\n' "$1" "$rps" "$p50" "$p99" "${errors:-none}"
+  echo "$rps" > "$work/$1.rps"
+}
+
+echo "wrk -t1 -c$connections -d${duration}s; poplar with threads: 1; RUST_BACKTRACE unset; $(nproc) cores"
+printf '%-32s %12s %10s %10s  %s\n' scenario requests/s p50 p99 errors
+run "404 from request_filter" /nothing
+run "hello task inline" "/hello?name=wrk"
+python3 - "$work" <<'PY'
+import sys, pathlib
+w = pathlib.Path(sys.argv[1])
+ceiling = float((w / "404 from request_filter.rps").read_text())
+hello = float((w / "hello task inline.rps").read_text())
+print(f"hello / 404 ceiling: {hello / ceiling:.2f}")
+PY
+echo "server RSS after the run: $(ps -o rss= -p $server) KiB"
