@@ -2,7 +2,7 @@
 //! Run with `cargo bench --bench routing`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use poplar::config::{Match, PathMatch, RouteSpec, Target};
+use poplar::config::{Match, Mode, PathMatch, RouteSpec, Target};
 use poplar::routing::Router;
 use std::hint::black_box;
 
@@ -20,6 +20,8 @@ fn table(n: usize) -> Vec<RouteSpec> {
                 methods: (i % 5 == 0).then(|| vec!["GET".to_string()]),
             },
             target: Target::Task(format!("task{i}")),
+            placement: Mode::Auto,
+            region: None,
         })
         .collect();
     routes.push(RouteSpec {
@@ -29,6 +31,8 @@ fn table(n: usize) -> Vec<RouteSpec> {
             methods: None,
         },
         target: origin,
+        placement: Mode::Edge,
+        region: None,
     });
     routes
 }

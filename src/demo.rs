@@ -17,7 +17,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::config::{Config, Limits, Match, PathMatch, Role, RouteSpec, Target, TaskSpec};
+use std::time::Duration;
+
+use crate::config::{
+    Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec, RegionSpec,
+    Role, RouteSpec, Target, TaskSpec,
+};
 use crate::server::Running;
 
 /// An origin server on its own thread. It answers every request with `200`, a first line
@@ -142,14 +147,17 @@ pub const DEMO_TASKS: &[(&str, &str)] = &[
     ("json-transform", "json-transform.wasm"),
 ];
 
-/// The demo edge's config: `/hello`, `/echo` and `/json` run tasks; the rest goes to `origin`.
-pub fn demo_config(listen: SocketAddr, origin: SocketAddr, tasks_dir: &Path) -> Config {
-    let limits = Limits {
-        memory: 64 << 20,
-        timeout: std::time::Duration::from_secs(1),
-        max_body: 64 << 10,
-    };
-    let tasks: BTreeMap<String, TaskSpec> = DEMO_TASKS
+/// Where the demo's servers listen.
+#[derive(Debug, Clone)]
+pub struct DemoAddrs {
+    pub edge: SocketAddr,
+    pub origin: SocketAddr,
+    pub regions: [(&'static str, SocketAddr); 2],
+    pub admin: SocketAddr,
+}
+
+fn demo_tasks(tasks_dir: &Path, limits: Limits) -> BTreeMap<String, TaskSpec> {
+    DEMO_TASKS
         .iter()
         .map(|&(name, file)| {
             let wasm = tasks_dir.join(file);
@@ -162,32 +170,93 @@ pub fn demo_config(listen: SocketAddr, origin: SocketAddr, tasks_dir: &Path) -> 
                 },
             )
         })
-        .collect();
-    let route = |path: &str, target: Target| RouteSpec {
+        .collect()
+}
+
+/// A region's config: every demo task, with a region's larger limits.
+pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -> Config {
+    let limits = Limits {
+        memory: 256 << 20,
+        timeout: Duration::from_secs(10),
+        max_body: 16 << 20,
+    };
+    Config {
+        role: Role::Region,
+        listen,
+        threads: 1,
+        admin: None,
+        forwarding_key: Some(key),
+        placement: PlacementSpec::default(),
+        regions: Vec::new(),
+        health: HealthSpec::default(),
+        tasks: demo_tasks(tasks_dir, limits),
+        routes: Vec::new(),
+    }
+}
+
+/// The demo edge: `/hello` and `/echo` placed automatically, `/json` always in a region,
+/// the rest proxied to the origin.
+pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> Config {
+    let limits = Limits {
+        memory: 64 << 20,
+        timeout: Duration::from_millis(100),
+        max_body: 64 << 10,
+    };
+    let route = |path: &str, target: Target, placement: Mode, region: Option<&str>| RouteSpec {
         matcher: Match {
             host: None,
             path: PathMatch::Prefix(path.to_string()),
             methods: None,
         },
         target,
+        placement,
+        region: region.map(str::to_string),
     };
+    let task = |name: &str| Target::Task(name.to_string());
     Config {
         role: Role::Edge,
-        listen,
+        listen: addrs.edge,
         threads: 2,
-        max_inline: 64,
-        tasks,
+        admin: Some(addrs.admin),
+        forwarding_key: Some(key),
+        placement: PlacementSpec {
+            hot_threshold: 5.0,
+            cool_threshold: 2.0,
+            ..PlacementSpec::default()
+        },
+        regions: addrs
+            .regions
+            .iter()
+            .map(|&(name, address)| RegionSpec {
+                name: name.to_string(),
+                address,
+            })
+            .collect(),
+        health: HealthSpec::default(),
+        tasks: demo_tasks(tasks_dir, limits),
         routes: vec![
-            route("/hello", Target::Task("hello".into())),
-            route("/echo", Target::Task("echo".into())),
-            route("/json", Target::Task("json-transform".into())),
-            route("/", Target::Origin(origin)),
+            route(
+                "/hello",
+                task("hello"),
+                Mode::Auto,
+                Some(addrs.regions[0].0),
+            ),
+            route("/echo", task("echo"), Mode::Auto, None),
+            route("/json", task("json-transform"), Mode::Region, None),
+            route("/", Target::Origin(addrs.origin), Mode::Edge, None),
         ],
     }
 }
 
+/// A key for this run only: the demo's servers share it in memory.
+fn demo_key() -> ForwardingKey {
+    use sha2::Digest;
+    let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+    ForwardingKey(sha2::Sha256::digest(seed.as_bytes()).to_vec())
+}
+
 /// Runs the demo until Ctrl-C.
-pub fn run(listen: SocketAddr, origin_addr: SocketAddr, tasks_dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(addrs: DemoAddrs, tasks_dir: PathBuf) -> anyhow::Result<()> {
     for (_, file) in DEMO_TASKS {
         let path = tasks_dir.join(file);
         anyhow::ensure!(
@@ -196,33 +265,60 @@ pub fn run(listen: SocketAddr, origin_addr: SocketAddr, tasks_dir: PathBuf) -> a
             path.display()
         );
     }
-    let origin = Origin::start(origin_addr)
-        .with_context(|| format!("cannot start the demo origin on {origin_addr}"))?;
-    let config = demo_config(listen, origin.addr, &tasks_dir);
-    let edge = Running::start(&config, Path::new("<demo>"))
-        .with_context(|| format!("cannot start the edge on {listen}"))?;
-    let base = format!("http://{}", edge.addr);
-    println!("Poplar demo is up.");
-    println!("  edge    {base}  (tasks: /hello /echo /json; everything else goes to the origin)");
-    println!("  origin  http://{}", origin.addr);
-    println!();
-    println!("Try:");
-    println!("  curl -i '{base}/hello?name=Ada'");
-    println!(
-        "  curl -i -X POST --data 'ping' -H 'content-type: text/plain' -H 'x-echo-demo: yes' {base}/echo"
-    );
-    println!(
-        "  curl -i -X POST --data '{{\"name\": \"poplar\", \"tags\": [\"edge\", \"wasm\"]}}' {base}/json"
-    );
-    println!("  curl -i {base}/some/page        # proxied to the origin");
-    println!();
-    println!("Ctrl-C stops it.");
+    let key = demo_key();
+    let origin = Origin::start(addrs.origin)
+        .with_context(|| format!("cannot start the demo origin on {}", addrs.origin))?;
+    let addrs = DemoAddrs {
+        origin: origin.addr,
+        ..addrs
+    };
+    let mut regions = Vec::new();
+    for (name, addr) in addrs.regions {
+        let config = region_config(addr, &tasks_dir, key.clone());
+        let region = Running::start(&config, Path::new("<demo region>"))
+            .with_context(|| format!("cannot start region {name} on {addr}"))?;
+        regions.push(region);
+    }
+    let config = edge_config(&addrs, &tasks_dir, key);
+    let edge = Running::start(&config, Path::new("<demo edge>"))
+        .with_context(|| format!("cannot start the edge on {}", addrs.edge))?;
+    print_guide(&addrs);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(tokio::signal::ctrl_c())?;
     println!("stopping");
     edge.stop();
+    drop(regions);
     drop(origin);
     Ok(())
+}
+
+fn print_guide(addrs: &DemoAddrs) {
+    let base = format!("http://{}", addrs.edge);
+    let [(east, east_addr), (west, west_addr)] = addrs.regions;
+    println!("Poplar demo is up.");
+    println!("  edge     {base}");
+    println!(
+        "           /hello (auto, home region {east}), /echo (auto), /json (always in a region), / (origin)"
+    );
+    println!("  regions  {east} http://{east_addr}, {west} http://{west_addr}");
+    println!("  origin   http://{}", addrs.origin);
+    println!("  admin    http://{}/stats", addrs.admin);
+    println!();
+    println!(
+        "Try (watch x-poplar-placement: cold tasks go to a region, hot ones run at the edge):"
+    );
+    println!("  curl -i '{base}/hello?name=Ada'");
+    println!(
+        "  for i in $(seq 12); do curl -s -D - -o /dev/null '{base}/hello' | grep -i x-poplar-placement; done"
+    );
+    println!("  curl -i -X POST --data 'ping' -H 'x-echo-demo: yes' {base}/echo");
+    println!(
+        "  curl -i -X POST --data '{{\"name\": \"poplar\", \"tags\": [\"edge\", \"wasm\"]}}' {base}/json"
+    );
+    println!("  curl -i {base}/some/page        # proxied to the origin");
+    println!("  curl -s http://{}/stats", addrs.admin);
+    println!();
+    println!("Ctrl-C stops it.");
 }

@@ -23,6 +23,16 @@ pub enum ErrorKind {
     Busy,
     /// The origin could not be reached or failed mid-response.
     Origin,
+    /// No healthy region could take a forwarded task.
+    NoRegion,
+    /// The region failed after the request was sent to it.
+    Region,
+    /// A request to a region carried no signature.
+    Unsigned,
+    /// A request to a region carried a wrong or stale signature.
+    BadSignature,
+    /// A region was asked for a task it does not have.
+    UnknownTask,
     /// Something in Poplar itself failed.
     Internal,
 }
@@ -40,6 +50,11 @@ impl ErrorKind {
             ErrorKind::Task => (500, "task"),
             ErrorKind::Busy => (503, "busy"),
             ErrorKind::Origin => (502, "origin"),
+            ErrorKind::NoRegion => (503, "no-region"),
+            ErrorKind::Region => (502, "region"),
+            ErrorKind::Unsigned => (401, "unsigned"),
+            ErrorKind::BadSignature => (403, "bad-signature"),
+            ErrorKind::UnknownTask => (404, "unknown-task"),
             ErrorKind::Internal => (500, "internal"),
         }
     }

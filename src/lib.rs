@@ -1,14 +1,19 @@
 //! Poplar: an edge-compute reverse proxy on Pingora and Wasmtime.
 //!
-//! Modules follow a request: [`config`] is read once; [`routing`] picks the route; a task
-//! route runs in [`wasm`], an origin route is proxied; [`proxy`] holds the thin Pingora
-//! phases that call them, and [`errors`] maps what can go wrong to statuses. [`server`]
-//! starts it all, and [`demo`] is the bundled origin for `poplar demo` and the tests.
+//! Modules follow a request: [`config`] is read once; [`routing`] picks the route; for a
+//! task route [`placement`] decides where it runs: inline in [`wasm`], or forwarded to one
+//! of the [`regions`]; an origin route is proxied. [`proxy`] holds the thin Pingora phases
+//! that call them, [`errors`] maps what can go wrong to statuses, [`metrics`] counts, and
+//! [`admin`] shows it. [`server`] starts it all; [`demo`] is the bundled demo and origin.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod metrics;
+pub mod placement;
 pub mod proxy;
+pub mod regions;
 pub mod routing;
 pub mod server;
 pub mod wasm;

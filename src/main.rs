@@ -33,12 +33,17 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Start an origin and an edge with the example tasks on loopback.
+    /// Start an origin, two regions and an edge with the example tasks on loopback.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9000")]
         origin: SocketAddr,
+        /// The two regions' addresses.
+        #[arg(long, num_args = 2, default_values = ["127.0.0.1:8181", "127.0.0.1:8182"])]
+        regions: Vec<SocketAddr>,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
         /// Where the built example tasks are.
         #[arg(long, default_value = "tasks/dist")]
         tasks: PathBuf,
@@ -53,14 +58,28 @@ fn main() -> ExitCode {
         Command::Demo {
             listen,
             origin,
+            regions,
+            admin,
             tasks,
-        } => match poplar::demo::run(listen, origin, tasks) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("poplar demo: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        } => {
+            let addrs = poplar::demo::DemoAddrs {
+                edge: listen,
+                origin,
+                regions: [("us-east", regions[0]), ("eu-west", regions[1])],
+                admin,
+            };
+            demo(addrs, tasks)
+        }
+    }
+}
+
+fn demo(addrs: poplar::demo::DemoAddrs, tasks: PathBuf) -> ExitCode {
+    match poplar::demo::run(addrs, tasks) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("poplar demo: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 
-use crate::config::{Match, PathMatch, RouteSpec, Target};
+use crate::config::{Match, Mode, PathMatch, RouteSpec, Target};
 
 /// A compiled route table.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct Route {
     pub index: usize,
     pub matcher: Match,
     pub target: Target,
+    pub placement: Mode,
+    /// The home region's name.
+    pub region: Option<String>,
 }
 
 impl Router {
@@ -38,6 +41,8 @@ impl Router {
                 index,
                 matcher: spec.matcher.clone(),
                 target: spec.target.clone(),
+                placement: spec.placement,
+                region: spec.region.clone(),
             })
             .collect();
         routes.sort_by_key(|r| precedence(&r.matcher, r.index));
@@ -138,6 +143,8 @@ mod tests {
                 methods: methods.map(|ms| ms.iter().map(|m| m.to_string()).collect()),
             },
             target: Target::Origin(([127, 0, 0, 1], origin_port).into()),
+            placement: Mode::Edge,
+            region: None,
         }
     }
 

@@ -10,53 +10,165 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::proxy::Edge;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
+use crate::metrics::Counters;
+use crate::placement::Placer;
+use crate::proxy::{Edge, RegionServer};
+use crate::regions::{HealthChecker, Regions};
 use crate::routing::Router;
 use crate::wasm::{self, Capacity, Runtime, Task};
 
-/// Builds the server for `config`: compiles every task (slow: seconds for big ones).
+/// Builds the server for `config`: compiles the tasks it needs at start (slow: seconds for
+/// big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    let (runtime, tasks) = load_tasks(config, source)?;
-    let edge = Edge::new(Router::new(&config.routes), tasks, Arc::new(runtime));
-
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
-    let mut service =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, edge, "poplar edge");
-    service.add_tcp(&config.listen.to_string());
-    server.add_service(service);
+    let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
+    let (placer, regions) = match config.role {
+        Role::Edge => {
+            let (edge, placer, regions) = edge(config, source, counters.clone())?;
+            let conf = &server.configuration;
+            let mut service =
+                pingora_proxy::http_proxy_service_with_name(conf, edge, "poplar edge");
+            service.add_tcp(&config.listen.to_string());
+            server.add_service(service);
+            if !regions.is_empty() {
+                let checker = HealthChecker::new(regions.clone());
+                server.add_service(background_service("region health checks", checker));
+            }
+            (Some(placer), Some(regions))
+        }
+        Role::Region => {
+            let region = region(config, source)?;
+            let conf = &server.configuration;
+            let mut service =
+                pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
+            service.add_tcp(&config.listen.to_string());
+            server.add_service(service);
+            (None, None)
+        }
+    };
+    if let Some(admin) = config.admin {
+        let app = Admin::new(counters, placer, regions);
+        let mut service = Service::new("poplar admin".to_string(), HttpServer::new_app(app));
+        service.add_tcp(&admin.to_string());
+        server.add_service(service);
+    }
     Ok(server)
 }
 
-/// Sets up the wasm runtime and compiles every task. A task that cannot load is a config
-/// error, reported with the others at its `wasm` key.
+fn fail(source: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
+    ConfigErrors {
+        file: source.to_path_buf(),
+        errors,
+    }
+}
+
+fn no_key(source: &Path) -> ConfigErrors {
+    let message = "no forwarding key".to_string();
+    fail(
+        source,
+        vec![ConfigError {
+            path: "forwarding".into(),
+            message,
+        }],
+    )
+}
+
+/// The edge: tasks of `placement: edge` routes are loaded now; the others when they turn hot.
+fn edge(
+    config: &Config,
+    source: &Path,
+    counters: Arc<Counters>,
+) -> Result<(Edge, Arc<Placer>, Arc<Regions>), ConfigErrors> {
+    let runtime = runtime(config, source)?;
+    let pinned_names: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| config.regions.is_empty() || r.placement == Mode::Edge)
+        .filter_map(|r| match &r.target {
+            Target::Task(name) => Some(name.as_str()),
+            Target::Origin(_) => None,
+        })
+        .collect();
+    let pinned = config
+        .tasks
+        .values()
+        .filter(|t| pinned_names.contains(&t.name.as_str()));
+    let pinned = load(&runtime, pinned, source)?;
+    let runtime = Arc::new(runtime);
+    let placer = Arc::new(Placer::new(
+        config.placement.clone(),
+        runtime,
+        config.tasks.values().cloned(),
+        pinned,
+    ));
+    let regions = Arc::new(Regions::new(config.regions.clone(), config.health));
+    let key = config.forwarding_key.clone();
+    if !config.regions.is_empty() && key.is_none() {
+        return Err(no_key(source));
+    }
+    let router = Router::new(&config.routes);
+    let edge = Edge::new(router, placer.clone(), regions.clone(), key, counters);
+    Ok((edge, placer, regions))
+}
+
+/// The region: every task is loaded now.
+fn region(config: &Config, source: &Path) -> Result<RegionServer, ConfigErrors> {
+    let (runtime, tasks) = load_tasks(config, source)?;
+    let key = config
+        .forwarding_key
+        .clone()
+        .ok_or_else(|| no_key(source))?;
+    Ok(RegionServer::new(Arc::new(runtime), tasks, key))
+}
+
+/// Sets up the wasm runtime and compiles every task, as `poplar check` does.
 pub fn load_tasks(
     config: &Config,
     source: &Path,
 ) -> Result<(Runtime, Vec<Arc<Task>>), ConfigErrors> {
-    let fail = |errors: Vec<ConfigError>| ConfigErrors {
-        file: source.to_path_buf(),
-        errors,
-    };
-    let runtime = Runtime::new(capacity(config)).map_err(|e| {
-        fail(vec![ConfigError {
-            path: "placement.max_inline".into(),
-            message: format!("cannot set up the wasm engine for this many instances: {e:#}"),
-        }])
-    })?;
-    let (tasks, failed) = wasm::load_all(&runtime, config.tasks.values());
-    if !failed.is_empty() {
-        let errors = failed
-            .into_iter()
-            .map(|(name, e)| ConfigError {
-                path: format!("tasks.{name}.wasm"),
-                message: e.to_string(),
-            })
-            .collect();
-        return Err(fail(errors));
-    }
+    let runtime = runtime(config, source)?;
+    let tasks = load(&runtime, config.tasks.values(), source)?;
     Ok((runtime, tasks))
+}
+
+fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
+    Runtime::new(capacity(config)).map_err(|e| {
+        let message = format!("cannot set up the wasm engine for this many instances: {e:#}");
+        fail(
+            source,
+            vec![ConfigError {
+                path: "placement.max_inline".into(),
+                message,
+            }],
+        )
+    })
+}
+
+/// Compiles tasks; one that cannot load is a config error at its `wasm` key.
+fn load<'a>(
+    runtime: &Runtime,
+    specs: impl IntoIterator<Item = &'a TaskSpec>,
+    source: &Path,
+) -> Result<Vec<Arc<Task>>, ConfigErrors> {
+    let (tasks, failed) = wasm::load_all(runtime, specs);
+    if failed.is_empty() {
+        return Ok(tasks);
+    }
+    let errors = failed
+        .into_iter()
+        .map(|(name, e)| ConfigError {
+            path: format!("tasks.{name}.wasm"),
+            message: e.to_string(),
+        })
+        .collect();
+    Err(fail(source, errors))
 }
 
 fn capacity(config: &Config) -> Capacity {
@@ -67,7 +179,7 @@ fn capacity(config: &Config) -> Capacity {
         .max()
         .unwrap_or(64 << 20);
     Capacity {
-        instances: u32::try_from(config.max_inline).unwrap_or(u32::MAX),
+        instances: u32::try_from(config.placement.max_inline).unwrap_or(u32::MAX),
         max_memory,
     }
 }

@@ -67,7 +67,7 @@ routes:
     let expected = r#"DIR/poplar.yaml: 10 problems
   listen: invalid socket address syntax
   threads: invalid type: string "many", expected usize
-  tasks.bad name: task names use letters, digits, '.', '_' and '-', and start with a letter or digit
+  tasks.bad name: names use letters, digits, '.', '_' and '-', and start with a letter or digit
   tasks.bad name.wasm: cannot read "DIR/nowhere.wasm": No such file or directory (os error 2)
   tasks.bad name.limits.cpu: unknown key; expected one of: memory, timeout, max_body
   tasks.bad name.limits.memory: invalid size "lots"; use a size such as 64MiB or 512KiB

@@ -6,6 +6,9 @@
 //! instead of stopping at the first. What comes out is plain data: [`Config`].
 
 mod schema;
+#[cfg(test)]
+mod tests;
+mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,17 +25,99 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Worker threads for the proxy service (Pingora's `threads`).
     pub threads: usize,
+    /// Where the admin endpoint (`/stats`) listens, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// The key edges sign forwarded requests with and regions check; needed by an edge
+    /// with regions and by a region.
+    pub forwarding_key: Option<ForwardingKey>,
+    pub placement: PlacementSpec,
+    /// Edge only; sorted by name.
+    pub regions: Vec<RegionSpec>,
+    pub health: HealthSpec,
+    pub tasks: BTreeMap<String, TaskSpec>,
+    /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A shared secret, kept out of `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardingKey(pub Vec<u8>);
+
+impl fmt::Debug for ForwardingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ForwardingKey({} bytes)", self.0.len())
+    }
+}
+
+/// How an edge places task requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementSpec {
+    /// Requests per second at which a task turns hot.
+    pub hot_threshold: f64,
+    /// A hot task whose rate stays below this for `cooldown` turns cold again.
+    pub cool_threshold: f64,
+    pub cooldown: Duration,
     /// Concurrent inline executions at most; also sizes Wasmtime's instance pool.
     pub max_inline: usize,
-    pub tasks: BTreeMap<String, TaskSpec>,
-    /// In config order; [`crate::routing::Router`] decides precedence.
-    pub routes: Vec<RouteSpec>,
+    /// Tasks compiled and kept ready at the edge, at most.
+    pub max_resident: usize,
+    /// Compiled code kept resident, in bytes, at most.
+    pub max_resident_memory: u64,
+    /// The largest limits a task may declare and still run inline under `auto`.
+    pub inline_limits: Limits,
+    /// How long a task that outgrew the edge at run time is kept off it.
+    pub oversized_cooldown: Duration,
+}
+
+impl Default for PlacementSpec {
+    fn default() -> Self {
+        PlacementSpec {
+            hot_threshold: 5.0,
+            cool_threshold: 2.5,
+            cooldown: Duration::from_secs(10),
+            max_inline: 64,
+            max_resident: 64,
+            max_resident_memory: 512 << 20,
+            inline_limits: Limits {
+                memory: 128 << 20,
+                timeout: Duration::from_millis(100),
+                max_body: 64 << 10,
+            },
+            oversized_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionSpec {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+/// Active health checks of regions, and passive ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes before a region is taken out.
+    pub unhealthy_after: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            unhealthy_after: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Edge,
+    Region,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +153,22 @@ impl Default for Limits {
 pub struct RouteSpec {
     pub matcher: Match,
     pub target: Target,
+    /// Where a task route's requests run; `Edge` for origin routes.
+    pub placement: Mode,
+    /// The home region: tried first while healthy (data locality).
+    pub region: Option<String>,
+}
+
+/// A task route's placement policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Inline when hot, resident, fitting and a slot is free; else forwarded.
+    Auto,
+    /// Always inline (compiled at start).
+    Edge,
+    /// Always forwarded.
+    Region,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

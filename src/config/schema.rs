@@ -7,20 +7,59 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{Config, ConfigError, Limits, Match, PathMatch, Role, RouteSpec, Target, TaskSpec};
+use super::units::{Dur, Size};
+use super::{
+    Config, ConfigError, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec,
+    RegionSpec, Role, RouteSpec, Target, TaskSpec,
+};
 
-const TOP_KEYS: &[&str] = &["role", "listen", "threads", "placement", "tasks", "routes"];
-const PLACEMENT_KEYS: &[&str] = &["max_inline"];
+const EDGE_KEYS: &[&str] = &[
+    "role",
+    "listen",
+    "threads",
+    "admin",
+    "forwarding",
+    "placement",
+    "regions",
+    "health",
+    "tasks",
+    "routes",
+];
+const REGION_KEYS: &[&str] = &[
+    "role",
+    "listen",
+    "threads",
+    "admin",
+    "forwarding",
+    "placement",
+    "tasks",
+];
+const EDGE_PLACEMENT_KEYS: &[&str] = &[
+    "hot_threshold",
+    "cool_threshold",
+    "cooldown",
+    "max_inline",
+    "max_resident",
+    "max_resident_memory",
+    "inline_limits",
+    "oversized_cooldown",
+];
+const REGION_PLACEMENT_KEYS: &[&str] = &["max_inline"];
+const HEALTH_KEYS: &[&str] = &["interval", "timeout", "unhealthy_after"];
 const TASK_KEYS: &[&str] = &["wasm", "limits"];
 const LIMIT_KEYS: &[&str] = &["memory", "timeout", "max_body"];
-const ROUTE_KEYS: &[&str] = &["match", "task", "origin"];
+const ROUTE_KEYS: &[&str] = &["match", "task", "origin", "placement", "region"];
 const MATCH_KEYS: &[&str] = &["host", "path", "path_prefix", "methods"];
 
 /// Most inline executions one server may run at once (each reserves pool address space).
 const MAX_INLINE_CEILING: usize = 4096;
+/// The most request body Pingora can replay to a region after reading it for an inline try.
+const REPLAYABLE_BODY: u64 = 64 << 10;
+/// The environment variable holding the forwarding key when no `key_file` is given.
+pub const FORWARDING_KEY_ENV: &str = "POPLAR_FORWARDING_KEY";
+const MIN_KEY_BYTES: usize = 16;
 
 /// Parses a config document. `base` is the folder relative paths resolve from.
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -111,23 +150,51 @@ impl Walk {
     }
 
     fn config(&mut self, doc: &Value, base: &Path) -> Option<Config> {
-        let top = self.object(doc, "", TOP_KEYS)?;
-        let role: Option<Role> = self.require(top, "role", "");
+        let Value::Object(raw) = doc else {
+            self.error("", format!("expected a mapping, found {}", kind(doc)));
+            return None;
+        };
+        let role: Option<Role> = self.require(raw, "role", "");
+        let edge = role != Some(Role::Region);
+        let top = self.object(doc, "", if edge { EDGE_KEYS } else { REGION_KEYS })?;
         let listen: Option<SocketAddr> = self.require(top, "listen", "");
         let threads = self.threads(top);
-        let max_inline = self.placement(top);
+        let admin = self.admin(top);
+        let placement = self.placement(top, edge);
+        let regions = self.regions(top);
+        let health = self.health(top);
         let tasks = self.tasks(top, base);
+        if !edge && tasks.is_empty() && !top.contains_key("tasks") {
+            self.error("tasks", "missing: a region needs at least one task");
+        }
         // Routes may name any declared task, valid or not: its own errors are reported already.
         let declared: Vec<&str> = top
             .get("tasks")
             .and_then(Value::as_object)
             .map_or_else(Vec::new, |m| m.keys().map(String::as_str).collect());
-        let routes = self.routes(top, &declared);
+        let region_names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        let routes = if edge {
+            self.routes(top, &declared, &region_names)
+        } else {
+            Vec::new()
+        };
+        if let (true, Some(p)) = (!regions.is_empty(), &placement)
+            && p.inline_limits.max_body > REPLAYABLE_BODY
+        {
+            let message = "must be at most 64KiB with regions: a body read for an inline try is replayed to a region on fallback";
+            self.error("placement.inline_limits.max_body", message);
+        }
+        let needs_key = !edge || !regions.is_empty();
+        let forwarding_key = self.forwarding_key(top, base, needs_key);
         Some(Config {
             role: role?,
             listen: listen?,
             threads: threads?,
-            max_inline: max_inline?,
+            admin: admin?,
+            forwarding_key: forwarding_key?,
+            placement: placement?,
+            regions,
+            health: health?,
             tasks,
             routes,
         })
@@ -146,22 +213,175 @@ impl Walk {
         }
     }
 
-    fn placement(&mut self, top: &Map<String, Value>) -> Option<usize> {
-        let default = 64;
-        let Some(value) = top.get("placement") else {
-            return Some(default);
+    fn admin(&mut self, top: &Map<String, Value>) -> Option<Option<SocketAddr>> {
+        let Some(value) = top.get("admin") else {
+            return Some(None);
         };
-        let map = self.object(value, "placement", PLACEMENT_KEYS)?;
-        match self.get::<usize>(map, "max_inline", "placement") {
-            Some(n) if n == 0 || n > MAX_INLINE_CEILING => {
+        let map = self.object(value, "admin", &["listen"])?;
+        self.require::<SocketAddr>(map, "listen", "admin").map(Some)
+    }
+
+    fn forwarding_key(
+        &mut self,
+        top: &Map<String, Value>,
+        base: &Path,
+        needed: bool,
+    ) -> Option<Option<ForwardingKey>> {
+        let file = match top.get("forwarding") {
+            Some(value) => {
+                let map = self.object(value, "forwarding", &["key_file"])?;
+                Some(self.require::<String>(map, "key_file", "forwarding")?)
+            }
+            None => None,
+        };
+        let (path, key) = match &file {
+            Some(file) => match std::fs::read(base.join(file)) {
+                Ok(bytes) => ("forwarding.key_file", bytes.trim_ascii().to_vec()),
+                Err(e) => {
+                    self.error("forwarding.key_file", format!("cannot read {file:?}: {e}"));
+                    return None;
+                }
+            },
+            None => match std::env::var(FORWARDING_KEY_ENV) {
+                Ok(key) => ("forwarding", key.trim().as_bytes().to_vec()),
+                Err(_) if needed => {
+                    let message = format!(
+                        "no forwarding key: set {FORWARDING_KEY_ENV} or forwarding.key_file (edges with regions and regions need one)"
+                    );
+                    self.error("forwarding", message);
+                    return None;
+                }
+                Err(_) => return Some(None),
+            },
+        };
+        if key.len() < MIN_KEY_BYTES {
+            self.error(
+                path,
+                format!("the forwarding key must be at least {MIN_KEY_BYTES} bytes"),
+            );
+            return None;
+        }
+        Some(Some(ForwardingKey(key)))
+    }
+
+    fn placement(&mut self, top: &Map<String, Value>, edge: bool) -> Option<PlacementSpec> {
+        let mut spec = PlacementSpec::default();
+        let Some(value) = top.get("placement") else {
+            return Some(spec);
+        };
+        let keys = if edge {
+            EDGE_PLACEMENT_KEYS
+        } else {
+            REGION_PLACEMENT_KEYS
+        };
+        let map = self.object(value, "placement", keys)?;
+        let before = self.errors.len();
+        let p = "placement";
+        if let Some(n) = self.get::<usize>(map, "max_inline", p) {
+            if n == 0 || n > MAX_INLINE_CEILING {
                 let message = format!("must be between 1 and {MAX_INLINE_CEILING}");
                 self.error("placement.max_inline", message);
-                None
             }
-            Some(n) => Some(n),
-            None if map.contains_key("max_inline") => None,
-            None => Some(default),
+            spec.max_inline = n;
         }
+        if let Some(hot) = self.get::<f64>(map, "hot_threshold", p) {
+            if hot.is_nan() || hot <= 0.0 {
+                self.error(
+                    "placement.hot_threshold",
+                    "must be more than 0 requests per second",
+                );
+            }
+            spec.hot_threshold = hot;
+            spec.cool_threshold = hot / 2.0;
+        }
+        if let Some(cool) = self.get::<f64>(map, "cool_threshold", p) {
+            if cool.is_nan() || cool < 0.0 || cool > spec.hot_threshold {
+                self.error(
+                    "placement.cool_threshold",
+                    "must be between 0 and hot_threshold",
+                );
+            }
+            spec.cool_threshold = cool;
+        }
+        if let Some(d) = self.get::<Dur>(map, "cooldown", p) {
+            spec.cooldown = d.0;
+        }
+        if let Some(d) = self.get::<Dur>(map, "oversized_cooldown", p) {
+            spec.oversized_cooldown = d.0;
+        }
+        if let Some(n) = self.get::<usize>(map, "max_resident", p) {
+            if n == 0 {
+                self.error("placement.max_resident", "must be at least 1");
+            }
+            spec.max_resident = n;
+        }
+        if let Some(s) = self.get::<Size>(map, "max_resident_memory", p) {
+            spec.max_resident_memory = s.0;
+        }
+        if let Some(value) = map.get("inline_limits")
+            && let Some(limits) = self.limits(value, "placement.inline_limits", spec.inline_limits)
+        {
+            spec.inline_limits = limits;
+        }
+        (self.errors.len() == before).then_some(spec)
+    }
+
+    fn regions(&mut self, top: &Map<String, Value>) -> Vec<RegionSpec> {
+        let mut regions = Vec::new();
+        let Some(value) = top.get("regions") else {
+            return regions;
+        };
+        let Value::Object(map) = value else {
+            self.error(
+                "regions",
+                format!("expected a mapping of region names, found {}", kind(value)),
+            );
+            return regions;
+        };
+        for (name, spec) in map {
+            let path = format!("regions.{name}");
+            if !valid_name(name) {
+                self.error(&path, NAME_RULE);
+            }
+            let Some(fields) = self.object(spec, &path, &["address"]) else {
+                continue;
+            };
+            if let Some(address) = self.require::<SocketAddr>(fields, "address", &path) {
+                regions.push(RegionSpec {
+                    name: name.clone(),
+                    address,
+                });
+            }
+        }
+        regions
+    }
+
+    fn health(&mut self, top: &Map<String, Value>) -> Option<HealthSpec> {
+        let mut spec = HealthSpec::default();
+        let Some(value) = top.get("health") else {
+            return Some(spec);
+        };
+        let map = self.object(value, "health", HEALTH_KEYS)?;
+        let before = self.errors.len();
+        if let Some(d) = self.get::<Dur>(map, "interval", "health") {
+            spec.interval = d.0;
+        }
+        if let Some(d) = self.get::<Dur>(map, "timeout", "health") {
+            spec.timeout = d.0;
+        }
+        if let Some(n) = self.get::<u32>(map, "unhealthy_after", "health") {
+            spec.unhealthy_after = n;
+        }
+        if spec.interval < Duration::from_millis(10) {
+            self.error("health.interval", "must be at least 10ms");
+        }
+        if spec.timeout.is_zero() {
+            self.error("health.timeout", "must be more than 0");
+        }
+        if spec.unhealthy_after == 0 {
+            self.error("health.unhealthy_after", "must be at least 1");
+        }
+        (self.errors.len() == before).then_some(spec)
     }
 
     fn tasks(&mut self, top: &Map<String, Value>, base: &Path) -> BTreeMap<String, TaskSpec> {
@@ -178,9 +398,8 @@ impl Walk {
         };
         for (name, spec) in map {
             let path = format!("tasks.{name}");
-            if !valid_task_name(name) {
-                let message = "task names use letters, digits, '.', '_' and '-', and start with a letter or digit";
-                self.error(&path, message);
+            if !valid_name(name) {
+                self.error(&path, NAME_RULE);
             }
             if let Some(task) = self.task(name, spec, &path, base) {
                 tasks.insert(name.clone(), task);
@@ -207,7 +426,7 @@ impl Walk {
             }
         });
         let limits = match map.get("limits") {
-            Some(value) => self.limits(value, &join(path, "limits")),
+            Some(value) => self.limits(value, &join(path, "limits"), Limits::default()),
             None => Some(Limits::default()),
         };
         Some(TaskSpec {
@@ -217,9 +436,8 @@ impl Walk {
         })
     }
 
-    fn limits(&mut self, value: &Value, path: &str) -> Option<Limits> {
+    fn limits(&mut self, value: &Value, path: &str, default: Limits) -> Option<Limits> {
         let map = self.object(value, path, LIMIT_KEYS)?;
-        let default = Limits::default();
         let before = self.errors.len();
         let memory = self
             .get::<Size>(map, "memory", path)
@@ -246,7 +464,12 @@ impl Walk {
         })
     }
 
-    fn routes(&mut self, top: &Map<String, Value>, tasks: &[&str]) -> Vec<RouteSpec> {
+    fn routes(
+        &mut self,
+        top: &Map<String, Value>,
+        tasks: &[&str],
+        regions: &[&str],
+    ) -> Vec<RouteSpec> {
         let Some(value) = top.get("routes") else {
             self.error("routes", "missing: a server needs at least one route");
             return Vec::new();
@@ -261,7 +484,7 @@ impl Walk {
         let mut routes: Vec<(usize, RouteSpec)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = format!("routes[{i}]");
-            let Some(route) = self.route(item, &path, tasks) else {
+            let Some(route) = self.route(item, &path, tasks, regions) else {
                 continue;
             };
             if let Some(&(j, _)) = routes.iter().find(|(_, r)| r.matcher == route.matcher) {
@@ -275,7 +498,13 @@ impl Walk {
         routes.into_iter().map(|(_, route)| route).collect()
     }
 
-    fn route(&mut self, value: &Value, path: &str, tasks: &[&str]) -> Option<RouteSpec> {
+    fn route(
+        &mut self,
+        value: &Value,
+        path: &str,
+        tasks: &[&str],
+        regions: &[&str],
+    ) -> Option<RouteSpec> {
         let map = self.object(value, path, ROUTE_KEYS)?;
         let matcher = match map.get("match") {
             Some(value) => self.matcher(value, &join(path, "match")),
@@ -305,10 +534,51 @@ impl Walk {
             }),
             (false, true) => origin.map(Target::Origin),
         };
+        let (placement, region) = self.route_placement(map, path, regions);
+        if map.contains_key("origin")
+            && (map.contains_key("placement") || map.contains_key("region"))
+        {
+            self.error(path, "placement and region apply to task routes only");
+        }
         Some(RouteSpec {
             matcher: matcher?,
             target: target?,
+            placement: placement?,
+            region: region?,
         })
+    }
+
+    /// A route's `placement` (default: `auto` with regions, else `edge`) and home `region`.
+    fn route_placement(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        regions: &[&str],
+    ) -> (Option<Mode>, Option<Option<String>>) {
+        let default = if regions.is_empty() {
+            Mode::Edge
+        } else {
+            Mode::Auto
+        };
+        let mode = match self.get::<Mode>(map, "placement", path) {
+            Some(Mode::Region) if regions.is_empty() => {
+                self.error(join(path, "placement"), "region needs regions configured");
+                None
+            }
+            Some(mode) => Some(mode),
+            None if map.contains_key("placement") => None,
+            None => Some(default),
+        };
+        let region = match self.get::<String>(map, "region", path) {
+            Some(name) if regions.contains(&name.as_str()) => Some(Some(name)),
+            Some(name) => {
+                self.error(join(path, "region"), format!("unknown region {name:?}"));
+                None
+            }
+            None if map.contains_key("region") => None,
+            None => Some(None),
+        };
+        (mode, region)
     }
 
     fn matcher(&mut self, value: &Value, path: &str) -> Option<Match> {
@@ -381,7 +651,10 @@ impl Walk {
     }
 }
 
-fn valid_task_name(name: &str) -> bool {
+const NAME_RULE: &str =
+    "names use letters, digits, '.', '_' and '-', and start with a letter or digit";
+
+fn valid_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
@@ -396,162 +669,5 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
-    }
-}
-
-/// A byte size: `64MiB`, `512KiB`, `1GB` or a plain number of bytes.
-struct Size(u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a size such as 64MiB"))?
-        {
-            Raw::Bytes(n) => Ok(Size(n)),
-            Raw::Text(s) => s
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map(|b| Size(b.as_u64()))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "invalid size {s:?}; use a size such as 64MiB or 512KiB"
-                    ))
-                }),
-        }
-    }
-}
-
-/// A duration: `50ms`, `2s`, `1m 30s`.
-struct Dur(Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a duration such as 50ms or 2s"))?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}; use a duration such as 50ms or 2s"
-            ))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(yaml: &str) -> Vec<String> {
-        match parse(yaml, Path::new(env!("CARGO_MANIFEST_DIR"))) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    #[test]
-    fn minimal_origin_config() {
-        let yaml = "role: edge\nlisten: 127.0.0.1:8080\nroutes:\n  - match: { path_prefix: / }\n    origin: 127.0.0.1:9000\n";
-        let config = parse(yaml, Path::new(".")).expect("valid");
-        assert_eq!(config.role, Role::Edge);
-        assert_eq!(config.max_inline, 64);
-        assert_eq!(
-            config.routes[0].target,
-            Target::Origin("127.0.0.1:9000".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        let yaml = "role: edge\nlisten: 127.0.0.1:8080\ntasks:\n  t:\n    wasm: Cargo.toml\n    limits: { memory: 32MiB, timeout: 250ms, max_body: 16KiB }\nroutes:\n  - match: { path: /t }\n    task: t\n";
-        let config = parse(yaml, Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid");
-        let limits = config.tasks["t"].limits;
-        assert_eq!(limits.memory, 32 << 20);
-        assert_eq!(limits.timeout, Duration::from_millis(250));
-        assert_eq!(limits.max_body, 16 << 10);
-    }
-
-    #[test]
-    fn every_problem_is_reported_with_its_path() {
-        let yaml = r#"
-role: edje
-listen: "nowhere"
-colour: blue
-tasks:
-  hello:
-    wasm: missing.wasm
-    limits: { memory: 64XB, timeout: soon }
-routes:
-  - match: { path_prefix: hello }
-    task: helo
-  - match: { path: /x, methods: [GET, "BAD METHOD"] }
-    origin: example.com:80
-  - match: { path: /y }
-"#;
-        let got = errors(yaml);
-        let expected = [
-            "role: unknown variant `edje`, expected `edge`",
-            "listen: invalid socket address syntax",
-            "colour: unknown key; expected one of: role, listen, threads, placement, tasks, routes",
-            "tasks.hello.wasm: cannot read",
-            "tasks.hello.limits.memory: invalid size \"64XB\"",
-            "tasks.hello.limits.timeout: invalid duration \"soon\"",
-            "routes[0].match.path_prefix: must start with \"/\"",
-            "routes[0].task: unknown task \"helo\"",
-            "routes[1].match.methods: \"BAD METHOD\" is not an HTTP method",
-            "routes[1].origin: invalid socket address syntax",
-            "routes[2]: needs a task or an origin",
-        ];
-        for want in expected {
-            assert!(
-                got.iter().any(|g| g.starts_with(want)),
-                "missing {want:?} in {got:#?}"
-            );
-        }
-        assert_eq!(got.len(), expected.len(), "{got:#?}");
-    }
-
-    #[test]
-    fn shape_errors() {
-        let got = errors("role: edge\nlisten: 127.0.0.1:1\nroutes: {}\n");
-        assert_eq!(got, ["routes: expected a list, found a mapping"]);
-        let got = errors("- just\n- a list\n");
-        assert_eq!(got, ["expected a mapping, found a list"]);
-        let got = errors("role: [edge\n");
-        assert!(got[0].starts_with("not valid YAML"), "{got:?}");
-    }
-
-    #[test]
-    fn route_conflicts() {
-        let yaml = "role: edge\nlisten: 127.0.0.1:1\nroutes:\n  - match: { path: /a, path_prefix: /a }\n    origin: 127.0.0.1:2\n  - match: { path_prefix: /b }\n    origin: 127.0.0.1:2\n    task: x\n  - match: { path_prefix: /c }\n    origin: 127.0.0.1:2\n  - match: { path_prefix: /c }\n    origin: 127.0.0.1:3\n";
-        let got = errors(yaml);
-        assert_eq!(
-            got,
-            [
-                "routes[0].match: has both path and path_prefix; use one",
-                "routes[1]: has both task and origin; a route has one of them",
-                "routes[3].match: same match as routes[2], so it could never be chosen",
-            ]
-        );
-    }
-
-    #[test]
-    fn limits_are_bounded() {
-        let yaml = "role: edge\nlisten: 127.0.0.1:1\nplacement: { max_inline: 0 }\nthreads: 0\ntasks:\n  t:\n    wasm: Cargo.toml\n    limits: { memory: 1KiB, timeout: 0s, max_body: 2GiB }\nroutes:\n  - match: { path: /t }\n    task: t\n";
-        let got = errors(yaml);
-        assert_eq!(
-            got,
-            [
-                "threads: must be at least 1",
-                "placement.max_inline: must be between 1 and 4096",
-                "tasks.t.limits.memory: must be between 1MiB and 4GiB",
-                "tasks.t.limits.timeout: must be more than 0 and at most 10m",
-                "tasks.t.limits.max_body: must be at most 1GiB",
-            ]
-        );
     }
 }

@@ -31,6 +31,7 @@ pub fn classify_proxy_error(e: &Error) -> Option<ErrorKind> {
         return Some(match code {
             400 => ErrorKind::BadRequest,
             413 => ErrorKind::TooLarge,
+            503 => ErrorKind::NoRegion,
             _ => ErrorKind::Internal,
         });
     }

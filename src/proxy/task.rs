@@ -1,5 +1,6 @@
-//! Serving a task route inline: read the request body within the task's limit, run the
-//! task, and write its response back through the Pingora session.
+//! Serving a task request inline: read the request body within the task's limit, run the
+//! task, and write its response back through the Pingora session. Shared by the edge and
+//! the region.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use http_body_util::Full;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::respond;
 use crate::errors::ErrorKind;
@@ -30,13 +32,35 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
-/// Runs `task` for the request in `session` and writes the answer, whatever it is.
-pub async fn serve(
-    session: &mut Session,
-    runtime: &Runtime,
-    task: &Task,
-    request_id: Arc<str>,
-) -> Result<()> {
+/// How an inline run is set up.
+pub struct Inline<'a> {
+    pub runtime: &'a Runtime,
+    pub task: &'a Task,
+    /// Taken already, or `None` to wait for one within the task's deadline.
+    pub slot: Option<OwnedSemaphorePermit>,
+    pub request_id: Arc<str>,
+    /// The `x-poplar-placement` value to send, if any.
+    pub placement: Option<String>,
+    /// Keep the body for a replay to a region if the run outgrows the edge.
+    pub may_fall_back: bool,
+}
+
+/// How an inline run ended.
+pub enum Served {
+    /// A response went out (the task's, or an error).
+    Answered,
+    /// The task hit the edge's deadline or memory cap before answering (logged); nothing
+    /// was sent and the body can be replayed.
+    FallBack,
+}
+
+/// Runs the task for the request in `session` and writes the answer, whatever it is.
+pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
+    let task = run.task;
+    if run.may_fall_back {
+        // Pingora replays this buffer (at most 64 KiB, which admission ensures) upstream.
+        session.enable_retry_buffering();
+    }
     let body = match read_body(session, task.limits.max_body).await {
         Ok(body) => body,
         Err(kind) => {
@@ -46,50 +70,77 @@ pub async fn serve(
                 }
                 _ => "cannot read the request body".to_string(),
             };
-            return respond::error(session, kind, &message).await;
+            respond::error(session, kind, &message).await?;
+            return Ok(Served::Answered);
         }
     };
     let request = guest_request(session, body);
 
     let started = Instant::now();
-    let until = tokio::time::Instant::from_std(started + task.limits.timeout);
-    let Some(slot) = runtime.slot(until).await else {
-        log::warn!(
-            "[{request_id}] task {}: no execution slot freed up within its deadline",
-            task.name
-        );
-        return respond::error(session, ErrorKind::Busy, "no execution slot is free").await;
+    let slot = match run.slot {
+        Some(slot) => slot,
+        None => {
+            let until = tokio::time::Instant::from_std(started + task.limits.timeout);
+            let Some(slot) = run.runtime.slot(until).await else {
+                log::warn!(
+                    "[{}] task {}: no execution slot freed up within its deadline",
+                    run.request_id,
+                    task.name
+                );
+                respond::error(session, ErrorKind::Busy, "no execution slot is free").await?;
+                return Ok(Served::Answered);
+            };
+            slot
+        }
     };
-    let mut response = match task.call(slot, request, request_id.clone()).await {
-        Ok(response) => response,
-        Err(e) => return fail(session, task, &request_id, e).await,
+    let request_id = run.request_id.clone();
+    let outcome = async {
+        let mut response = task.call(slot, request, request_id).await?;
+        let collected = response.collect_up_to(COLLECT_LIMIT).await?;
+        Ok::<_, TaskError>((response, collected))
+    }
+    .await;
+    let (mut response, (chunks, complete)) = match outcome {
+        Ok(done) => done,
+        Err(e @ (TaskError::Deadline | TaskError::Memory)) if run.may_fall_back => {
+            log::warn!(
+                "[{}] task {}: {e} at the edge; retrying in a region",
+                run.request_id,
+                task.name
+            );
+            return Ok(Served::FallBack);
+        }
+        Err(e) => {
+            log::error!("[{}] task {}: {e}", run.request_id, task.name);
+            respond::error(session, e.kind(), &e.to_string()).await?;
+            return Ok(Served::Answered);
+        }
     };
-    let (chunks, complete) = match response.collect_up_to(COLLECT_LIMIT).await {
-        Ok(collected) => collected,
-        Err(e) => return fail(session, task, &request_id, e).await,
-    };
-    let mut head = response_head(&response, started)?;
+    let mut head = response_head(&response, started, run.placement.as_deref())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
     if complete {
         let body = concat(chunks);
         head.insert_header("content-length", body.len())?;
         // A HEAD response says how long the body would be, and sends none.
-        let head_only = session.req_header().method == http::Method::HEAD;
         let end = body.is_empty() || head_only;
         session.write_response_header(Box::new(head), end).await?;
         if !end {
             session.write_response_body(Some(body), true).await?;
         }
-        return Ok(());
+        return Ok(Served::Answered);
     }
     head.insert_header("transfer-encoding", "chunked")?;
-    if session.req_header().method == http::Method::HEAD {
-        return session.write_response_header(Box::new(head), true).await;
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
+    if head_only {
+        return Ok(Served::Answered);
     }
-    session.write_response_header(Box::new(head), false).await?;
     for chunk in chunks {
         session.write_response_body(Some(chunk), false).await?;
     }
-    stream_rest(session, task, &request_id, &mut response).await
+    stream_rest(session, task, &run.request_id, &mut response).await?;
+    Ok(Served::Answered)
 }
 
 /// Streams the rest of a long body. A failure now can only cut the response short.
@@ -111,26 +162,26 @@ async fn stream_rest(
     }
 }
 
-async fn fail(session: &mut Session, task: &Task, request_id: &str, e: TaskError) -> Result<()> {
-    log::error!("[{request_id}] task {}: {e}", task.name);
-    respond::error(session, e.kind(), &e.to_string()).await
+/// The body length a request declares before it is read: its `content-length`, zero when
+/// it has neither that nor `transfer-encoding`, `None` when it is chunked.
+pub fn declared_body_len(req: &pingora_http::RequestHeader) -> Option<u64> {
+    match req.headers.get(http::header::CONTENT_LENGTH) {
+        Some(v) => v.to_str().ok()?.parse().ok(),
+        None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    }
 }
 
 /// Reads the whole request body, refusing one over `max_body` bytes (by its declared
 /// length before reading anything, else as it arrives).
 async fn read_body(session: &mut Session, max_body: u64) -> Result<Bytes, ErrorKind> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_body_len(session.req_header());
     if declared.is_some_and(|len| len > max_body) {
         // The body stays unread: this connection cannot be reused.
         session.set_keepalive(None);
         return Err(ErrorKind::TooLarge);
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(max_body) as usize);
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
@@ -154,15 +205,21 @@ fn guest_request(session: &Session, body: Bytes) -> http::Request<Full<Bytes>> {
     http::Request::from_parts(parts, Full::new(body))
 }
 
-fn response_head(response: &GuestResponse, started: Instant) -> Result<ResponseHeader> {
+fn response_head(
+    response: &GuestResponse,
+    started: Instant,
+    placement: Option<&str>,
+) -> Result<ResponseHeader> {
     let mut head =
         ResponseHeader::build(response.head.status, Some(response.head.headers.len() + 3))?;
     for (name, value) in &response.head.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) && !name.as_str().starts_with("x-poplar-") {
             head.append_header(name.clone(), value.clone())?;
         }
     }
-    head.insert_header("x-poplar-placement", "edge; reason=pinned")?;
+    if let Some(placement) = placement {
+        head.insert_header("x-poplar-placement", placement.to_string())?;
+    }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     head.append_header("server-timing", format!("task;dur={ms:.3}"))?;
     Ok(head)

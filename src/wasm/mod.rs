@@ -77,6 +77,11 @@ impl Runtime {
         })
     }
 
+    /// An execution slot if one is free right now.
+    pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// An execution slot, waiting for one until `until` at the latest.
     pub async fn slot(&self, until: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
         let acquire = self.slots.clone().acquire_owned();
@@ -102,8 +107,10 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(LoadError::Link)?;
         let pre = ProxyPre::new(pre).map_err(LoadError::Link)?;
+        let code = component.image_range();
         Ok(Task {
             name: name.to_string(),
+            code_bytes: (code.end as usize).saturating_sub(code.start as usize) as u64,
             digest: hex(&Sha256::digest(bytes)),
             limits,
             pre,
@@ -140,6 +147,8 @@ pub struct Task {
     /// SHA-256 of the wasm file, hex: identifies this version of the task.
     pub digest: String,
     pub limits: Limits,
+    /// Size of its compiled code, for the resident set's memory bound.
+    pub code_bytes: u64,
     pre: ProxyPre<Host>,
 }
 

@@ -1,0 +1,287 @@
+//! Placement: for each task request at an edge, run it inline or forward it, and why.
+//!
+//! The decisions are plain functions over plain data ([`hotness`], [`admission`],
+//! [`resident`]); the [`Placer`] holds the per-task state they read, and compiles tasks
+//! in the background when they turn hot (never on a request's path).
+
+pub mod admission;
+pub mod hotness;
+pub mod resident;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::{Limits, Mode, PlacementSpec, TaskSpec};
+use crate::wasm::{LoadError, Runtime, Task};
+pub use admission::Reason;
+use admission::{Decision, Facts, Residency};
+use hotness::{Hotness, Thresholds};
+use resident::{Admit, ResidentSet};
+
+/// Where one request goes.
+pub enum Placement {
+    /// Run here. `slot` is taken already for `Hot`; a pinned run waits for one.
+    Inline {
+        task: Arc<Task>,
+        slot: Option<OwnedSemaphorePermit>,
+        reason: Reason,
+    },
+    Forward(Reason),
+}
+
+/// The edge's placement state for every task of its config.
+pub struct Placer {
+    spec: PlacementSpec,
+    thresholds: Thresholds,
+    runtime: Arc<Runtime>,
+    tasks: HashMap<String, Arc<TaskEntry>>,
+    resident: Mutex<ResidentSet>,
+}
+
+struct TaskEntry {
+    spec: TaskSpec,
+    /// Its declared limits fit the edge's inline limits.
+    fits: bool,
+    /// Loaded at start for `placement: edge` routes; never evicted.
+    pinned: Option<Arc<Task>>,
+    state: Mutex<TaskState>,
+}
+
+struct TaskState {
+    hotness: Hotness,
+    code: Code,
+    oversized_until: Option<Instant>,
+}
+
+enum Code {
+    Absent,
+    Compiling,
+    Ready(Arc<Task>),
+    Failed,
+}
+
+/// One task's placement state, for the admin endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskStatus {
+    pub hot: bool,
+    pub rate: f64,
+    pub code: &'static str,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fits(limits: &Limits, caps: &Limits) -> bool {
+    limits.memory <= caps.memory
+        && limits.timeout <= caps.timeout
+        && limits.max_body <= caps.max_body
+}
+
+impl Placer {
+    /// `pinned` are the tasks loaded at start (those of `placement: edge` routes).
+    pub fn new(
+        spec: PlacementSpec,
+        runtime: Arc<Runtime>,
+        tasks: impl IntoIterator<Item = TaskSpec>,
+        pinned: Vec<Arc<Task>>,
+    ) -> Placer {
+        let thresholds = Thresholds {
+            hot: spec.hot_threshold,
+            cool: spec.cool_threshold,
+            cooldown: spec.cooldown,
+        };
+        let tasks = tasks
+            .into_iter()
+            .map(|task| {
+                let pinned = pinned.iter().find(|p| p.name == task.name).cloned();
+                let code = pinned.clone().map_or(Code::Absent, Code::Ready);
+                let entry = TaskEntry {
+                    fits: fits(&task.limits, &spec.inline_limits),
+                    spec: task,
+                    pinned,
+                    state: Mutex::new(TaskState {
+                        hotness: Hotness::default(),
+                        code,
+                        oversized_until: None,
+                    }),
+                };
+                (entry.spec.name.clone(), Arc::new(entry))
+            })
+            .collect();
+        let resident = Mutex::new(ResidentSet::new(
+            spec.max_resident,
+            spec.max_resident_memory,
+        ));
+        Placer {
+            spec,
+            thresholds,
+            runtime,
+            tasks,
+            resident,
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Counts a request for `task` and decides where it runs.
+    pub fn place(self: &Arc<Self>, task: &str, mode: Mode, body_len: Option<u64>) -> Placement {
+        let Some(entry) = self.tasks.get(task) else {
+            return Placement::Forward(Reason::Pinned);
+        };
+        let now = Instant::now();
+        let (facts, ready, compile) = {
+            let mut state = lock(&entry.state);
+            state.hotness.observe(now, &self.thresholds);
+            let compile = mode == Mode::Auto
+                && entry.fits
+                && state.hotness.is_hot()
+                && matches!(state.code, Code::Absent);
+            if compile {
+                state.code = Code::Compiling;
+            }
+            let (residency, ready) = match &state.code {
+                Code::Ready(task) => (Residency::Ready, Some(task.clone())),
+                Code::Absent | Code::Compiling => (Residency::Warming, None),
+                Code::Failed => (Residency::Never, None),
+            };
+            let facts = Facts {
+                mode,
+                hot: state.hotness.is_hot(),
+                residency,
+                fits: entry.fits,
+                cooling_off: state.oversized_until.is_some_and(|until| now < until),
+                body_len,
+                max_inline_body: self.spec.inline_limits.max_body,
+                slot_free: true,
+            };
+            (facts, ready, compile)
+        };
+        if compile {
+            self.compile(entry.clone());
+        }
+        match admission::decide(&facts) {
+            Decision::Forward(reason) => Placement::Forward(reason),
+            Decision::Inline(reason) => {
+                let Some(task) = ready.or_else(|| entry.pinned.clone()) else {
+                    return Placement::Forward(Reason::Warming);
+                };
+                if reason == Reason::Pinned {
+                    return Placement::Inline {
+                        task,
+                        slot: None,
+                        reason,
+                    };
+                }
+                match self.runtime.try_slot() {
+                    Some(slot) => Placement::Inline {
+                        task,
+                        slot: Some(slot),
+                        reason,
+                    },
+                    None => Placement::Forward(Reason::Busy),
+                }
+            }
+        }
+    }
+
+    /// An inline run of `task` outgrew the edge: keep it off for a while.
+    pub fn outgrew(&self, task: &str) {
+        if let Some(entry) = self.tasks.get(task) {
+            lock(&entry.state).oversized_until =
+                Some(Instant::now() + self.spec.oversized_cooldown);
+        }
+    }
+
+    fn rate(&self, task: &str, now: Instant) -> f64 {
+        self.tasks
+            .get(task)
+            .map_or(0.0, |e| lock(&e.state).hotness.rate(now))
+    }
+
+    fn compile(self: &Arc<Self>, entry: Arc<TaskEntry>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let placer = self.clone();
+        log::info!(
+            "task {} turned hot: compiling it at the edge",
+            entry.spec.name
+        );
+        handle.spawn_blocking(move || {
+            let loaded = placer.runtime.load(&entry.spec);
+            placer.finish_compile(&entry, loaded);
+        });
+    }
+
+    fn finish_compile(&self, entry: &TaskEntry, loaded: Result<Task, LoadError>) {
+        let name = &entry.spec.name;
+        let task = match loaded {
+            Ok(task) => task,
+            Err(e) => {
+                log::error!(
+                    "task {name} cannot be loaded at the edge, it will always be forwarded: {e}"
+                );
+                lock(&entry.state).code = Code::Failed;
+                return;
+            }
+        };
+        let now = Instant::now();
+        let admitted = lock(&self.resident).admit(name, task.code_bytes, |n| self.rate(n, now));
+        match admitted {
+            Admit::TooLarge => {
+                log::warn!(
+                    "task {name}: {} bytes of code is more than placement.max_resident_memory",
+                    task.code_bytes
+                );
+                lock(&entry.state).code = Code::Failed;
+            }
+            Admit::Admitted { evicted } => {
+                for other in evicted.iter().filter_map(|n| self.tasks.get(n)) {
+                    log::info!(
+                        "task {} evicted from the edge to make room for {name}",
+                        other.spec.name
+                    );
+                    lock(&other.state).code = Code::Absent;
+                }
+                log::info!(
+                    "task {name} is resident at the edge ({} bytes of code)",
+                    task.code_bytes
+                );
+                lock(&entry.state).code = Code::Ready(Arc::new(task));
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<(String, TaskStatus)> {
+        let now = Instant::now();
+        let mut all: Vec<_> = self
+            .tasks
+            .iter()
+            .map(|(name, entry)| {
+                let mut state = lock(&entry.state);
+                state.hotness.evaluate(now, &self.thresholds);
+                let code = match state.code {
+                    Code::Absent => "absent",
+                    Code::Compiling => "compiling",
+                    Code::Ready(_) if entry.pinned.is_some() => "pinned",
+                    Code::Ready(_) => "resident",
+                    Code::Failed => "failed",
+                };
+                let status = TaskStatus {
+                    hot: state.hotness.is_hot(),
+                    rate: state.hotness.rate(now),
+                    code,
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}

@@ -1,0 +1,314 @@
+//! The edge: route; answer task routes inline or forward them to a region; proxy origin
+//! routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::task::{self, Inline, Served};
+use super::{RequestIds, respond, strip_poplar_headers};
+use crate::config::{ForwardingKey, Mode, Target};
+use crate::errors::ErrorKind;
+use crate::metrics::{Counters, Site};
+use crate::placement::{Placement, Placer, Reason};
+use crate::regions::Regions;
+use crate::regions::signing::{self, Signed};
+use crate::routing::Router;
+
+/// Timeouts towards origins and regions: connect fast, allow slow responses.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REGION_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The edge proxy.
+pub struct Edge {
+    router: Router,
+    placer: Arc<Placer>,
+    regions: Arc<Regions>,
+    key: Option<ForwardingKey>,
+    counters: Arc<Counters>,
+    ids: RequestIds,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    origin: Option<SocketAddr>,
+    forward: Option<Forward>,
+}
+
+/// A task request on its way to a region.
+struct Forward {
+    task: String,
+    reason: Reason,
+    home: Option<usize>,
+    /// The region of the current attempt, and when it was sent.
+    attempt: Option<(usize, Instant)>,
+    tried: Vec<usize>,
+}
+
+impl Edge {
+    pub fn new(
+        router: Router,
+        placer: Arc<Placer>,
+        regions: Arc<Regions>,
+        key: Option<ForwardingKey>,
+        counters: Arc<Counters>,
+    ) -> Edge {
+        Edge {
+            router,
+            placer,
+            regions,
+            key,
+            counters,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Places a task request: answers it inline (`Ok(true)`), or sets up its forward.
+    async fn task_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        name: &str,
+        mode: Mode,
+        home: Option<&str>,
+    ) -> Result<bool> {
+        let mode = if self.regions.is_empty() {
+            Mode::Edge
+        } else {
+            mode
+        };
+        let body_len = task::declared_body_len(session.req_header());
+        let reason = match self.placer.place(name, mode, body_len) {
+            Placement::Forward(reason) => reason,
+            Placement::Inline { task, slot, reason } => {
+                let run = Inline {
+                    runtime: self.placer.runtime(),
+                    task: &task,
+                    slot,
+                    request_id: self.ids.next(),
+                    placement: Some(format!("edge; reason={}", reason.as_str())),
+                    may_fall_back: reason == Reason::Hot,
+                };
+                match task::serve(session, run).await? {
+                    Served::Answered => {
+                        self.counters.count(name, Site::Edge, reason);
+                        return Ok(true);
+                    }
+                    Served::FallBack => {
+                        self.placer.outgrew(name);
+                        Reason::Fallback
+                    }
+                }
+            }
+        };
+        self.counters.count(name, Site::Region, reason);
+        ctx.forward = Some(Forward {
+            task: name.to_string(),
+            reason,
+            home: home.and_then(|h| self.regions.index_of(h)),
+            attempt: None,
+            tried: Vec::new(),
+        });
+        Ok(false)
+    }
+
+    fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
+        let chosen = self.regions.choose(fwd.home, &fwd.tried);
+        let Some(spec) = chosen.and_then(|i| self.regions.spec(i).map(|s| (i, s))) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy region",
+            ));
+        };
+        let (i, spec) = spec;
+        fwd.attempt = Some((i, Instant::now()));
+        let mut peer = HttpPeer::new(spec.address, false, String::new());
+        peer.options.connection_timeout = Some(REGION_CONNECT_TIMEOUT);
+        set_timeouts(&mut peer);
+        Ok(Box::new(peer))
+    }
+
+    fn sign(&self, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
+        let Some(key) = &self.key else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no forwarding key",
+            ));
+        };
+        let timestamp = signing::unix_now();
+        let path_and_query = upstream
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let signed = Signed {
+            timestamp,
+            method: upstream.method.as_str(),
+            path_and_query: &path_and_query,
+            task: &fwd.task,
+        };
+        let signature = signing::sign(&key.0, &signed);
+        upstream.insert_header(signing::TASK_HEADER, fwd.task.clone())?;
+        upstream.insert_header(signing::TIMESTAMP_HEADER, timestamp.to_string())?;
+        upstream.insert_header(signing::SIGNATURE_HEADER, signature)?;
+        Ok(())
+    }
+}
+
+fn set_timeouts(peer: &mut HttpPeer) {
+    peer.options.read_timeout = Some(READ_TIMEOUT);
+    peer.options.write_timeout = Some(WRITE_TIMEOUT);
+    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        strip_poplar_headers(session.req_header_mut());
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.host());
+        let Some(route) = self.router.route(host, req.uri.path(), req.method.as_str()) else {
+            respond::error(session, ErrorKind::NoRoute, "no route matches this request").await?;
+            return Ok(true);
+        };
+        match &route.target {
+            Target::Origin(addr) => {
+                ctx.origin = Some(*addr);
+                Ok(false)
+            }
+            Target::Task(name) => {
+                let (mode, home) = (route.placement, route.region.clone());
+                self.task_request(session, ctx, name, mode, home.as_deref())
+                    .await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(fwd) = &mut ctx.forward {
+            return self.region_peer(fwd);
+        }
+        let Some(addr) = ctx.origin else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen for this request",
+            ));
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        set_timeouts(&mut peer);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(fwd) = &mut ctx.forward
+            && let Some((i, _)) = fwd.attempt.take()
+        {
+            self.regions.record_failure(i);
+            fwd.tried.push(i);
+            if !self.regions.can_fail_over(&fwd.tried) {
+                return Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "every region refused the connection",
+                );
+            }
+            // Nothing was sent: trying the next region is always safe.
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {}", client.ip()),
+                None => client.ip().to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        if let Some(fwd) = &ctx.forward {
+            self.sign(fwd, upstream)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(fwd) = &ctx.forward else {
+            return Ok(());
+        };
+        let Some((i, sent)) = fwd.attempt else {
+            return Ok(());
+        };
+        self.regions.record_response(i, sent.elapsed());
+        let name = self.regions.spec(i).map_or("?", |s| s.name.as_str());
+        let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
+        response.insert_header("x-poplar-placement", placement)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let kind = respond::classify_proxy_error(e).map(|kind| match kind {
+            ErrorKind::Origin if ctx.forward.is_some() => ErrorKind::Region,
+            other => other,
+        });
+        let Some(kind) = kind else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let message = match kind {
+            ErrorKind::Origin => "the origin could not be reached or failed".to_string(),
+            ErrorKind::Region => "the region could not be reached or failed".to_string(),
+            ErrorKind::NoRegion => "no healthy region can run this task".to_string(),
+            _ => e.to_string(),
+        };
+        if let Err(write) = respond::error(session, kind, &message).await {
+            log::debug!("cannot write the error response: {write}");
+        }
+        FailToProxy {
+            error_code: kind.status(),
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Regions as an edge sees them: health (active probes and passive ejection), smoothed
+//! latency, the choice of a region per forward, and the signature on forwarded requests.
+
+pub mod health;
+pub mod select;
+pub mod signing;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::config::{HealthSpec, RegionSpec};
+use select::RegionView;
+
+pub use health::HealthChecker;
+
+/// Weight of a new latency sample in the moving average.
+const EWMA_ALPHA: f64 = 0.3;
+
+/// The regions of an edge and what it has learned of them.
+pub struct Regions {
+    specs: Vec<RegionSpec>,
+    states: Vec<Mutex<RegionState>>,
+    health: HealthSpec,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RegionState {
+    healthy: bool,
+    failed_probes: u32,
+    latency_ms: Option<f64>,
+}
+
+/// One region's state, for the admin endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionStatus {
+    pub name: String,
+    pub address: String,
+    pub healthy: bool,
+    pub latency_ms: Option<f64>,
+}
+
+impl Regions {
+    pub fn new(specs: Vec<RegionSpec>, health: HealthSpec) -> Regions {
+        // Regions start healthy: the first probes follow at once and correct that.
+        let states = specs
+            .iter()
+            .map(|_| {
+                Mutex::new(RegionState {
+                    healthy: true,
+                    failed_probes: 0,
+                    latency_ms: None,
+                })
+            })
+            .collect();
+        Regions {
+            specs,
+            states,
+            health,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    pub fn spec(&self, i: usize) -> Option<&RegionSpec> {
+        self.specs.get(i)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|r| r.name == name)
+    }
+
+    fn state(&self, i: usize) -> Option<RegionState> {
+        let state = self.states.get(i)?;
+        Some(*state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn update(&self, i: usize, f: impl FnOnce(&mut RegionState)) {
+        if let Some(state) = self.states.get(i) {
+            f(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// The region for the next attempt of a forward (see [`select::choose`]).
+    pub fn choose(&self, home: Option<usize>, tried: &[usize]) -> Option<usize> {
+        let views: Vec<RegionView> = (0..self.specs.len())
+            .filter_map(|i| self.state(i))
+            .map(|s| RegionView {
+                healthy: s.healthy,
+                latency_ms: s.latency_ms,
+            })
+            .collect();
+        select::choose(&views, home, tried)
+    }
+
+    /// Whether a region other than those tried could still take the request.
+    pub fn can_fail_over(&self, tried: &[usize]) -> bool {
+        self.choose(None, tried).is_some()
+    }
+
+    /// A response came back from region `i` after `elapsed`.
+    pub fn record_response(&self, i: usize, elapsed: Duration) {
+        self.update(i, |s| s.latency_ms = Some(smooth(s.latency_ms, elapsed)));
+    }
+
+    /// Region `i` refused or dropped a connection: out until a probe succeeds.
+    pub fn record_failure(&self, i: usize) {
+        self.update(i, |s| {
+            if s.healthy {
+                log::warn!(
+                    "region {}: connection failed, taking it out",
+                    self.specs[i].name
+                );
+            }
+            s.healthy = false;
+        });
+    }
+
+    /// The outcome of an active probe of region `i`.
+    pub fn record_probe(&self, i: usize, outcome: Result<Duration, String>) {
+        let unhealthy_after = self.health.unhealthy_after;
+        self.update(i, |s| match outcome {
+            Ok(elapsed) => {
+                if !s.healthy {
+                    log::info!("region {}: healthy again", self.specs[i].name);
+                }
+                s.healthy = true;
+                s.failed_probes = 0;
+                s.latency_ms = Some(smooth(s.latency_ms, elapsed));
+            }
+            Err(e) => {
+                s.failed_probes = s.failed_probes.saturating_add(1);
+                if s.healthy && s.failed_probes >= unhealthy_after {
+                    log::warn!(
+                        "region {}: {} failed probes ({e}), taking it out",
+                        self.specs[i].name,
+                        s.failed_probes
+                    );
+                    s.healthy = false;
+                }
+            }
+        });
+    }
+
+    pub fn status(&self) -> Vec<RegionStatus> {
+        self.specs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, spec)| {
+                let s = self.state(i)?;
+                Some(RegionStatus {
+                    name: spec.name.clone(),
+                    address: spec.address.to_string(),
+                    healthy: s.healthy,
+                    latency_ms: s.latency_ms,
+                })
+            })
+            .collect()
+    }
+}
+
+fn smooth(previous: Option<f64>, sample: Duration) -> f64 {
+    let ms = sample.as_secs_f64() * 1000.0;
+    match previous {
+        Some(avg) => avg + EWMA_ALPHA * (ms - avg),
+        None => ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regions() -> Regions {
+        let spec = |name: &str, port| RegionSpec {
+            name: name.into(),
+            address: ([127, 0, 0, 1], port).into(),
+        };
+        Regions::new(
+            vec![spec("a", 1), spec("b", 2)],
+            HealthSpec {
+                unhealthy_after: 2,
+                ..HealthSpec::default()
+            },
+        )
+    }
+
+    #[test]
+    fn latency_moves_traffic() {
+        let r = regions();
+        r.record_response(0, Duration::from_millis(10));
+        r.record_response(1, Duration::from_millis(20));
+        assert_eq!(r.choose(None, &[]), Some(0));
+        for _ in 0..5 {
+            r.record_response(0, Duration::from_millis(100));
+        }
+        assert_eq!(r.choose(None, &[]), Some(1));
+    }
+
+    #[test]
+    fn probes_eject_after_consecutive_failures_and_restore() {
+        let r = regions();
+        r.record_probe(0, Err("refused".into()));
+        assert_eq!(r.choose(Some(0), &[]), Some(0), "one failure is not enough");
+        r.record_probe(0, Err("refused".into()));
+        assert_eq!(r.choose(Some(0), &[]), Some(1));
+        r.record_probe(0, Ok(Duration::from_millis(1)));
+        assert_eq!(r.choose(Some(0), &[]), Some(0));
+    }
+
+    #[test]
+    fn a_connect_failure_ejects_at_once() {
+        let r = regions();
+        r.record_failure(1);
+        assert_eq!(r.choose(Some(1), &[]), Some(0));
+        assert!(!r.can_fail_over(&[0]));
+    }
+}
