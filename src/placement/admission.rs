@@ -62,7 +62,7 @@ pub struct Facts {
     pub mode: Mode,
     pub hot: bool,
     pub residency: Residency,
-    /// The task's declared limits fit the edge's inline limits.
+    /// The task's declared memory and deadline fit the edge's inline limits.
     pub fits: bool,
     /// It outgrew the edge at run time recently.
     pub cooling_off: bool,

@@ -43,7 +43,7 @@ pub struct Placer {
 
 struct TaskEntry {
     spec: TaskSpec,
-    /// Its declared limits fit the edge's inline limits.
+    /// Its declared memory and deadline fit the edge's inline limits.
     fits: bool,
     /// Loaded at start for `placement: edge` routes; never evicted.
     pinned: Option<Arc<Task>>,
@@ -75,10 +75,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether a task's declared memory and deadline fit the edge's; its body limit is checked
+/// per request, against the body each request declares.
 fn fits(limits: &Limits, caps: &Limits) -> bool {
-    limits.memory <= caps.memory
-        && limits.timeout <= caps.timeout
-        && limits.max_body <= caps.max_body
+    limits.memory <= caps.memory && limits.timeout <= caps.timeout
 }
 
 impl Placer {

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use poplar::server::Running;
 
@@ -31,6 +33,7 @@ pub struct Edge {
 }
 
 pub fn start_edge(yaml: &str) -> Edge {
+    let _ = env_logger::builder().is_test(true).try_init();
     let addr = free_addr();
     let text = yaml.replace("LISTEN", &addr.to_string());
     let config = poplar::config::parse(&text, &tasks_dir()).unwrap_or_else(|errors| {
@@ -55,4 +58,132 @@ pub fn one_task(task: &str, limits: &str) -> String {
     format!(
         "role: edge\nlisten: LISTEN\nthreads: 2\ntasks:\n  {task}:\n    wasm: {task}.wasm\n    limits: {limits}\nroutes:\n  - match: {{ path_prefix: /{task} }}\n    task: {task}\n"
     )
+}
+
+/// A forwarding key shared by the edges and regions of one test, in a file.
+pub struct Key {
+    pub dir: tempfile::TempDir,
+}
+
+impl Key {
+    pub fn new() -> Key {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("forwarding.key"),
+            "test-forwarding-key-0123456789\n",
+        )
+        .expect("key file");
+        Key { dir }
+    }
+
+    pub fn path(&self) -> String {
+        self.dir.path().join("forwarding.key").display().to_string()
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        b"test-forwarding-key-0123456789".to_vec()
+    }
+}
+
+/// A region serving `tasks` (names of components in tasks/dist) with roomy limits.
+pub fn start_region(key: &Key, tasks: &[&str]) -> Running {
+    let mut yaml = format!(
+        "role: region\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\ntasks:\n",
+        key.path()
+    );
+    for t in tasks {
+        let file = if *t == "wstd" { "wstd-http-server" } else { t };
+        let limits = "{ memory: 64MiB, timeout: 5s, max_body: 4MiB }";
+        yaml += &format!("  {t}:\n    wasm: {file}.wasm\n    limits: {limits}\n");
+    }
+    start_edge(&yaml).running
+}
+
+/// A TCP relay in front of `target` that holds each chunk from the client for a delay
+/// that can be changed while it runs: a far-away region, on loopback.
+pub struct Relay {
+    pub addr: SocketAddr,
+    delay_ms: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let accept = async {
+                    while let Ok((client, _)) = listener.accept().await {
+                        tokio::spawn(relay(client, target, delay.clone()));
+                    }
+                };
+                tokio::select! {
+                    _ = stopped => {}
+                    () = accept => {}
+                }
+            });
+        });
+        Relay {
+            addr,
+            delay_ms,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, target: SocketAddr, delay: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 << 10];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let ms = delay.load(Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = uw.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+    };
+    tokio::join!(up, down);
+}
+
+/// The `x-poplar-placement` of a response, or "" if it has none.
+pub fn placement(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-poplar-placement")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }

@@ -1,0 +1,471 @@
+//! End-to-end: one edge in front of two regions, on loopback. Placement (cold, warming,
+//! hot, oversized, busy, fallback, pinned), region choice (home, latency, failover, none
+//! left), and the edge-to-region signature.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Edge, Key, Relay, client, placement, start_edge, start_region};
+
+/// Knobs of the test edge, as YAML flow mappings.
+struct Setup<'a> {
+    placement: &'a str,
+    health: &'a str,
+    /// The wstd task's limits at the edge.
+    wstd_limits: &'a str,
+    routes: &'a str,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            placement: "{ hot_threshold: 3 }",
+            health: "{ interval: 100ms, timeout: 500ms, unhealthy_after: 1 }",
+            wstd_limits: "{ memory: 16MiB, timeout: 3s, max_body: 64KiB }",
+            routes: AUTO_ROUTES,
+        }
+    }
+}
+
+/// An edge with tasks `hello`, `echo` and `wstd` (the wstd example server), in front of
+/// `regions`.
+fn edge(key: &Key, regions: &[(&str, SocketAddr)], setup: Setup<'_>) -> Edge {
+    let mut yaml = format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nplacement: {}\nhealth: {}\nregions:\n",
+        key.path(),
+        setup.placement,
+        setup.health
+    );
+    for (name, addr) in regions {
+        yaml += &format!("  {name}: {{ address: \"{addr}\" }}\n");
+    }
+    yaml += "tasks:\n";
+    yaml += "  hello:\n    wasm: hello.wasm\n    limits: { memory: 16MiB, timeout: 100ms, max_body: 64KiB }\n";
+    yaml += "  echo:\n    wasm: echo.wasm\n    limits: { memory: 16MiB, timeout: 100ms, max_body: 4MiB }\n";
+    yaml += &format!(
+        "  wstd:\n    wasm: wstd-http-server.wasm\n    limits: {}\n",
+        setup.wstd_limits
+    );
+    yaml += "routes:\n";
+    yaml += setup.routes;
+    start_edge(&yaml)
+}
+
+const AUTO_ROUTES: &str = "  - match: { path_prefix: /hello }\n    task: hello\n  - match: { path_prefix: /echo }\n    task: echo\n  - match: { path: / }\n    task: wstd\n  - match: { path: /wait-response }\n    task: wstd\n";
+
+/// Sends GETs to `url` until one is placed as `want`; panics after `limit` tries or 30 s.
+async fn until_placed(url: &str, want: &str, limit: usize, pause: Duration) -> Vec<String> {
+    let client = client();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < limit && started.elapsed() < Duration::from_secs(30) {
+        let resp = client.get(url).send().await.unwrap();
+        assert!(resp.status().is_success(), "{} for {url}", resp.status());
+        let p = placement(&resp);
+        seen.push(p.clone());
+        if p == want {
+            return seen;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let last = &seen[seen.len().saturating_sub(8)..];
+    panic!(
+        "never placed {want:?} in {} requests; the last: {last:?}",
+        seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_starts_cold_turns_hot_and_cools_down() {
+    let key = Key::new();
+    let (east, west) = (
+        start_region(&key, &["hello"]),
+        start_region(&key, &["hello"]),
+    );
+    let setup = Setup {
+        placement: "{ hot_threshold: 5, cool_threshold: 2, cooldown: 300ms }",
+        routes: "  - match: { path_prefix: /hello }\n    task: hello\n    region: east\n",
+        ..Setup::default()
+    };
+    let edge = edge(&key, &[("east", east.addr), ("west", west.addr)], setup);
+    let url = format!("{}/hello?name=heat", edge.base);
+
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(placement(&resp), "region; name=east; reason=cold");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "Hello, heat!\npath: /hello\nquery: name=heat\n"
+    );
+
+    let seen = until_placed(&url, "edge; reason=hot", 2000, Duration::ZERO).await;
+    assert!(seen.iter().any(|p| p == "region; name=east; reason=cold"));
+    assert!(
+        seen.iter()
+            .any(|p| p == "region; name=east; reason=warming"),
+        "{seen:?}"
+    );
+
+    // Two requests a second is under the cool threshold: after the cool-down it is cold.
+    let seen = until_placed(
+        &url,
+        "region; name=east; reason=cold",
+        40,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        seen.len() > 1,
+        "stays hot for the cool-down first: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_routes_are_obeyed_and_clients_cannot_choose() {
+    let key = Key::new();
+    let (east, west) = (
+        start_region(&key, &["hello", "echo"]),
+        start_region(&key, &["hello", "echo"]),
+    );
+    let routes = "  - match: { path_prefix: /pinned-edge }\n    task: hello\n    placement: edge\n  - match: { path_prefix: /pinned-region }\n    task: hello\n    placement: region\n    region: west\n  - match: { path_prefix: /echo }\n    task: echo\n    placement: region\n";
+    let setup = Setup {
+        placement: "{ hot_threshold: 1000 }",
+        routes,
+        ..Setup::default()
+    };
+    let edge = edge(&key, &[("east", east.addr), ("west", west.addr)], setup);
+    for _ in 0..3 {
+        let resp = client()
+            .get(format!("{}/pinned-edge", edge.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placement(&resp), "edge; reason=pinned");
+        let resp = client()
+            .get(format!("{}/pinned-region", edge.base))
+            .header("x-poplar-placement", "edge; reason=hot")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placement(&resp), "region; name=west; reason=pinned");
+        assert!(resp.text().await.unwrap().starts_with("Hello, world!"));
+    }
+    // A client naming another task, or forging a signature, changes nothing: the edge
+    // strips x-poplar-* and signs for the route's own task.
+    let resp = client()
+        .post(format!("{}/echo", edge.base))
+        .header("x-poplar-task", "hello")
+        .header("x-poplar-signature", "v1=forged")
+        .header("x-echo-probe", "1")
+        .body("still echo")
+        .send()
+        .await
+        .unwrap();
+    assert!(placement(&resp).starts_with("region; name="));
+    assert_eq!(resp.headers()["x-echo-probe"], "1");
+    assert_eq!(resp.text().await.unwrap(), "still echo");
+}
+
+/// Makes `task` hot and resident at the edge, through `path`.
+async fn heat(edge: &Edge, path: &str) {
+    until_placed(
+        &format!("{}{path}", edge.base),
+        "edge; reason=hot",
+        3000,
+        Duration::ZERO,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_body_is_forwarded_as_oversized() {
+    let key = Key::new();
+    let region = start_region(&key, &["echo"]);
+    let edge = edge(&key, &[("only", region.addr)], Setup::default());
+    heat(&edge, "/echo").await;
+
+    let small = client()
+        .post(format!("{}/echo", edge.base))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&small), "edge; reason=hot");
+
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let resp = client()
+        .post(format!("{}/echo", edge.base))
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&resp), "region; name=only; reason=oversized");
+    assert_eq!(
+        resp.bytes().await.unwrap().as_ref(),
+        payload.as_slice(),
+        "streamed to the region intact"
+    );
+
+    // No declared length (chunked): the edge cannot know it fits.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        vec![Ok("chunked ".into()), Ok("body".into())];
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let resp = client()
+        .post(format!("{}/echo", edge.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&resp), "region; name=only; reason=oversized");
+    assert_eq!(resp.text().await.unwrap(), "chunked body");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_slot_held_the_next_request_is_forwarded_as_busy() {
+    let key = Key::new();
+    let region = start_region(&key, &["wstd"]);
+    let setup = Setup {
+        placement: "{ hot_threshold: 3, max_inline: 2, inline_limits: { timeout: 5s } }",
+        ..Setup::default()
+    };
+    let edge = edge(&key, &[("only", region.addr)], setup);
+    heat(&edge, "/").await;
+
+    // Two slow requests (the guest sleeps a second on a WASI clock) hold both slots...
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("{}/wait-response", edge.base);
+            tokio::spawn(async move {
+                let resp = client().get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                placement(&resp)
+            })
+        })
+        .collect();
+    // ...so while they run, quick requests find no free slot and go to the region.
+    let client = client();
+    let mut seen = Vec::new();
+    while !slow.iter().all(|h| h.is_finished()) && seen.len() < 5000 {
+        let resp = client.get(format!("{}/", edge.base)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        seen.push(placement(&resp));
+    }
+    for h in slow {
+        assert_eq!(h.await.unwrap(), "edge; reason=hot");
+    }
+    assert!(
+        seen.iter().any(|p| p == "region; name=only; reason=busy"),
+        "{seen:?}"
+    );
+    // Never queued: once the slots are free, it runs at the edge again.
+    let resp = client.get(format!("{}/", edge.base)).send().await.unwrap();
+    assert_eq!(placement(&resp), "edge; reason=hot");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_outgrows_the_edge_falls_back_to_the_region() {
+    let key = Key::new();
+    let region = start_region(&key, &["wstd"]);
+    // At the edge the task gets 100 ms; the region gives it 5 s.
+    let setup = Setup {
+        wstd_limits: "{ memory: 16MiB, timeout: 100ms, max_body: 16KiB }",
+        ..Setup::default()
+    };
+    let edge = edge(&key, &[("only", region.addr)], setup);
+    heat(&edge, "/").await;
+
+    let resp = client()
+        .get(format!("{}/wait-response", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(placement(&resp), "region; name=only; reason=fallback");
+    assert!(resp.text().await.unwrap().starts_with("slept for"));
+
+    // Marked oversized for a cool-down: the next requests go straight to the region.
+    let resp = client()
+        .get(format!("{}/", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&resp), "region; name=only; reason=oversized");
+
+    // A buffered body is replayed to the region on fallback.
+    let resp = client()
+        .post(format!("{}/wait-response", edge.base))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traffic_moves_away_from_a_slow_region() {
+    let key = Key::new();
+    let (a, b) = (
+        start_region(&key, &["hello"]),
+        start_region(&key, &["hello"]),
+    );
+    let (relay_a, relay_b) = (Relay::start(a.addr), Relay::start(b.addr));
+    relay_b.set_delay(30);
+    let routes = "  - match: { path_prefix: /hello }\n    task: hello\n    placement: region\n";
+    let edge = edge(
+        &key,
+        &[("a", relay_a.addr), ("b", relay_b.addr)],
+        Setup {
+            routes,
+            ..Setup::default()
+        },
+    );
+    let url = format!("{}/hello", edge.base);
+
+    let last_five_at = |want: &'static str| {
+        let url = url.clone();
+        async move {
+            let client = client();
+            let mut recent = Vec::new();
+            for _ in 0..300 {
+                let resp = client.get(&url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                recent.push(placement(&resp));
+                if recent.len() >= 5 && recent[recent.len() - 5..].iter().all(|p| p.contains(want))
+                {
+                    return;
+                }
+            }
+            panic!(
+                "traffic never settled on {want}: {:?}",
+                &recent[recent.len().saturating_sub(20)..]
+            );
+        }
+    };
+    last_five_at("name=a;").await;
+    relay_b.set_delay(0);
+    relay_a.set_delay(60);
+    last_five_at("name=b;").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_region_fails_over_then_none_left_is_503() {
+    let key = Key::new();
+    let (east, west) = (
+        start_region(&key, &["hello"]),
+        start_region(&key, &["hello"]),
+    );
+    let routes = "  - match: { path_prefix: /hello }\n    task: hello\n    placement: region\n    region: east\n";
+    // Probes are rare here, so the edge learns of the stop from the request itself.
+    let health = "{ interval: 1h, timeout: 500ms, unhealthy_after: 1 }";
+    let (east_addr, west_addr) = (east.addr, west.addr);
+    let edge = edge(
+        &key,
+        &[("east", east_addr), ("west", west_addr)],
+        Setup {
+            routes,
+            health,
+            ..Setup::default()
+        },
+    );
+    let url = format!("{}/hello", edge.base);
+
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        placement(&resp),
+        "region; name=east; reason=pinned",
+        "home first"
+    );
+
+    east.stop();
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "no client-visible error");
+    assert_eq!(placement(&resp), "region; name=west; reason=pinned");
+
+    west.stop();
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-poplar-error"], "no-region");
+    // Now both are known down: refused at once.
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-poplar-error"], "no-region");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_runs_nothing_without_a_valid_signature() {
+    use poplar::regions::signing::{Signed, sign, unix_now};
+    let key = Key::new();
+    let region = start_region(&key, &["hello"]);
+    let url = format!("http://{}/hello?x=1", region.addr);
+    let signed = |timestamp: u64| {
+        sign(
+            &key.bytes(),
+            &Signed {
+                timestamp,
+                method: "GET",
+                path_and_query: "/hello?x=1",
+                task: "hello",
+            },
+        )
+    };
+
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            resp.headers()["x-poplar-error"].to_str().unwrap()
+        ),
+        (401, "unsigned")
+    );
+    assert!(resp.headers().get("server-timing").is_none(), "no task ran");
+
+    let now = unix_now();
+    let attempts = [
+        (now, "v1=".to_string() + &"0".repeat(64)), // wrong
+        (now - 120, signed(now - 120)),             // stale
+        (now, signed(now).replace("v1=", "v2=")),   // malformed
+    ];
+    for (timestamp, signature) in attempts {
+        let resp = client()
+            .get(&url)
+            .header("x-poplar-task", "hello")
+            .header("x-poplar-timestamp", timestamp.to_string())
+            .header("x-poplar-signature", signature)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()["x-poplar-error"], "bad-signature");
+        assert!(resp.headers().get("server-timing").is_none(), "no task ran");
+    }
+    // Signed for another task: refused too.
+    let resp = client()
+        .get(&url)
+        .header("x-poplar-task", "other")
+        .header("x-poplar-timestamp", now.to_string())
+        .header("x-poplar-signature", signed(now))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // The same request signed properly runs.
+    let resp = client()
+        .get(&url)
+        .header("x-poplar-task", "hello")
+        .header("x-poplar-timestamp", now.to_string())
+        .header("x-poplar-signature", signed(now))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("server-timing").is_some());
+
+    let resp = client()
+        .get(format!("http://{}/_poplar/health", region.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
