@@ -104,12 +104,14 @@ fn check(file: PathBuf) -> ExitCode {
     });
     match checked {
         Ok((config, tasks)) => {
-            println!(
-                "{}: ok ({} routes, {} tasks)",
-                file.display(),
-                config.routes.len(),
-                tasks.len()
-            );
+            let (routes, regions, tasks) = (config.routes.len(), config.regions.len(), tasks.len());
+            let what = match config.role {
+                poplar::config::Role::Edge => {
+                    format!("edge: {routes} routes, {tasks} tasks, {regions} regions")
+                }
+                poplar::config::Role::Region => format!("region: {tasks} tasks"),
+            };
+            println!("{}: ok ({what})", file.display());
             ExitCode::SUCCESS
         }
         Err(errors) => {
