@@ -12,6 +12,8 @@ use common::{Edge, Key, Relay, client, placement, start_edge, start_region};
 /// Knobs of the test edge, as YAML flow mappings.
 struct Setup<'a> {
     placement: &'a str,
+    /// `admin.listen`, if any.
+    admin: Option<SocketAddr>,
     health: &'a str,
     /// The wstd task's limits at the edge.
     wstd_limits: &'a str,
@@ -22,6 +24,7 @@ impl Default for Setup<'_> {
     fn default() -> Self {
         Setup {
             placement: "{ hot_threshold: 3 }",
+            admin: None,
             health: "{ interval: 100ms, timeout: 500ms, unhealthy_after: 1 }",
             wstd_limits: "{ memory: 16MiB, timeout: 3s, max_body: 64KiB }",
             routes: AUTO_ROUTES,
@@ -40,6 +43,9 @@ fn edge(key: &Key, regions: &[(&str, SocketAddr)], setup: Setup<'_>) -> Edge {
     );
     for (name, addr) in regions {
         yaml += &format!("  {name}: {{ address: \"{addr}\" }}\n");
+    }
+    if let Some(admin) = setup.admin {
+        yaml += &format!("admin: {{ listen: \"{admin}\" }}\n");
     }
     yaml += "tasks:\n";
     yaml += "  hello:\n    wasm: hello.wasm\n    limits: { memory: 16MiB, timeout: 100ms, max_body: 64KiB }\n";
@@ -291,15 +297,33 @@ async fn a_run_that_outgrows_the_edge_falls_back_to_the_region() {
         .await
         .unwrap();
     assert_eq!(placement(&resp), "region; name=only; reason=oversized");
+}
 
-    // A buffered body is replayed to the region on fallback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffered_body_is_replayed_to_the_region_on_fallback() {
+    let key = Key::new();
+    let region = start_region(&key, &["echo"]);
+    let edge = edge(&key, &[("only", region.addr)], Setup::default());
+    heat(&edge, "/echo").await;
+
+    // The echo task sleeps 300 ms here: past the edge's 100 ms, well within the region's 5 s.
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 199) as u8).collect();
     let resp = client()
-        .post(format!("{}/wait-response", edge.base))
-        .body("x")
+        .post(format!("{}/echo?sleep_ms=300", edge.base))
+        .header("x-echo-replayed", "yes")
+        .body(payload.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(placement(&resp), "region; name=only; reason=fallback");
+    assert_eq!(resp.headers()["x-echo-replayed"], "yes");
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(
+        body.as_ref(),
+        payload.as_slice(),
+        "the same body reached the region"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -468,4 +492,58 @@ async fn a_region_runs_nothing_without_a_valid_signature() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
+    let key = Key::new();
+    let region = start_region(&key, &["hello", "echo"]);
+    let admin = common::free_addr();
+    // Room for one resident task: heating a second evicts the first (now the colder).
+    let heat_rules = "{ hot_threshold: 3, cool_threshold: 1, max_resident: 1 }";
+    let routes = "  - match: { path_prefix: /hello }\n    task: hello\n  - match: { path_prefix: /echo }\n    task: echo\n";
+    let setup = Setup {
+        placement: heat_rules,
+        routes,
+        admin: Some(admin),
+        ..Setup::default()
+    };
+    let edge = edge(&key, &[("only", region.addr)], setup);
+
+    heat(&edge, "/hello").await;
+    let stats = fetch_stats(admin).await;
+    assert_eq!(stats["tasks"]["hello"]["code"], "resident");
+    heat(&edge, "/echo").await;
+    let stats = fetch_stats(admin).await;
+    assert_eq!(stats["tasks"]["echo"]["code"], "resident");
+    assert_eq!(
+        stats["tasks"]["hello"]["code"], "absent",
+        "evicted: {stats}"
+    );
+
+    // Hot again, hello must be compiled again before it runs here.
+    let resp = client()
+        .get(format!("{}/hello", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&resp), "region; name=only; reason=warming");
+
+    let counts = &stats["placements"]["hello"];
+    assert!(counts["edge/hot"].as_u64().unwrap() >= 1, "{counts}");
+    assert!(counts["region/cold"].as_u64().unwrap() >= 1, "{counts}");
+    assert_eq!(stats["regions"][0]["name"], "only");
+    assert_eq!(stats["regions"][0]["healthy"], true);
+}
+
+async fn fetch_stats(admin: SocketAddr) -> serde_json::Value {
+    let text = client()
+        .get(format!("http://{admin}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
 }

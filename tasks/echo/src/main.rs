@@ -2,7 +2,8 @@
 //!
 //! The body comes back unchanged, with the request's `content-type`. The method and
 //! path come back as `x-echo-method` and `x-echo-path`, and every request header
-//! whose name starts with `x-echo-` is returned as it was sent.
+//! whose name starts with `x-echo-` is returned as it was sent. `?sleep_ms=N` waits N
+//! milliseconds (on a WASI clock) before answering: a slow task, for tests.
 
 use wstd::http::{Body, Error, Request, Response};
 
@@ -10,6 +11,15 @@ use wstd::http::{Body, Error, Request, Response};
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
     let (parts, mut body) = request.into_parts();
     let bytes = body.bytes_contents().await?;
+    let sleep_ms = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="));
+    if let Some(ms) = sleep_ms.and_then(|ms| ms.parse::<u64>().ok()) {
+        wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
+    }
 
     let mut response = Response::builder()
         .header("x-echo-method", parts.method.as_str())

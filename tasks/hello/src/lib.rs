@@ -3,7 +3,9 @@
 //! `GET /hello?name=Ada` answers `Hello, Ada!` followed by the path and query.
 
 use wasip2::exports::http::incoming_handler::Guest;
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Hello;
 
@@ -12,7 +14,9 @@ wasip2::http::proxy::export!(Hello);
 impl Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path_with_query = request.path_with_query().unwrap_or_default();
-        let (path, query) = path_with_query.split_once('?').unwrap_or((&path_with_query, ""));
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((&path_with_query, ""));
         let name = query
             .split('&')
             .find_map(|pair| pair.strip_prefix("name="))
@@ -21,8 +25,14 @@ impl Guest for Hello {
         let text = format!("Hello, {name}!\npath: {path}\nquery: {query}\n");
 
         let headers = Fields::from_list(&[
-            ("content-type".to_string(), b"text/plain; charset=utf-8".to_vec()),
-            ("content-length".to_string(), text.len().to_string().into_bytes()),
+            (
+                "content-type".to_string(),
+                b"text/plain; charset=utf-8".to_vec(),
+            ),
+            (
+                "content-length".to_string(),
+                text.len().to_string().into_bytes(),
+            ),
         ])
         .expect("static headers are valid");
         let response = OutgoingResponse::new(headers);

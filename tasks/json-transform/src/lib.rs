@@ -33,7 +33,10 @@ fn transform(value: Value, depth: u64, stats: &mut Stats) -> Value {
             Value::Number(n)
         }
         Value::Array(items) => Value::Array(
-            items.into_iter().map(|v| transform(v, depth + 1, stats)).collect(),
+            items
+                .into_iter()
+                .map(|v| transform(v, depth + 1, stats))
+                .collect(),
         ),
         Value::Object(fields) => Value::Object(
             fields
@@ -47,7 +50,9 @@ fn transform(value: Value, depth: u64, stats: &mut Stats) -> Value {
 
 fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     let body = request.consume().map_err(|()| "request body unavailable")?;
-    let stream = body.stream().map_err(|()| "request body stream unavailable")?;
+    let stream = body
+        .stream()
+        .map_err(|()| "request body stream unavailable")?;
     let mut bytes = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
@@ -61,12 +66,25 @@ fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn respond(out: ResponseOutparam, status: u16, content_type: &str, text: String, extra: &[(&str, &str)]) {
+fn respond(
+    out: ResponseOutparam,
+    status: u16,
+    content_type: &str,
+    text: String,
+    extra: &[(&str, &str)],
+) {
     let mut list = vec![
         ("content-type".to_string(), content_type.as_bytes().to_vec()),
-        ("content-length".to_string(), text.len().to_string().into_bytes()),
+        (
+            "content-length".to_string(),
+            text.len().to_string().into_bytes(),
+        ),
     ];
-    list.extend(extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())));
+    list.extend(
+        extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+    );
     let response = OutgoingResponse::new(Fields::from_list(&list).expect("headers are valid"));
     response.set_status_code(status).expect("status is valid");
     let body = response.body().expect("body is taken once");

@@ -5,7 +5,8 @@
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
 };
 
 struct Outbound;
@@ -14,7 +15,9 @@ wasip2::http::proxy::export!(Outbound);
 
 fn attempt(authority: &str) -> String {
     let request = OutgoingRequest::new(Fields::new());
-    if request.set_scheme(Some(&Scheme::Http)).is_err() || request.set_authority(Some(authority)).is_err() {
+    if request.set_scheme(Some(&Scheme::Http)).is_err()
+        || request.set_authority(Some(authority)).is_err()
+    {
         return "bad target".to_string();
     }
     if request.set_path_with_query(Some("/from-a-guest")).is_err() {
@@ -36,7 +39,10 @@ fn attempt(authority: &str) -> String {
 impl Guest for Outbound {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let query = request.path_with_query().unwrap_or_default();
-        let target = query.split_once("to=").map_or("127.0.0.1:9", |(_, t)| t).to_string();
+        let target = query
+            .split_once("to=")
+            .map_or("127.0.0.1:9", |(_, t)| t)
+            .to_string();
         let text = format!("{}\n", attempt(&target));
         let response = OutgoingResponse::new(Fields::new());
         let body = response.body().expect("body is taken once");
