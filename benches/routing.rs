@@ -22,6 +22,7 @@ fn table(n: usize) -> Vec<RouteSpec> {
             target: Target::Task(format!("task{i}")),
             placement: Mode::Auto,
             region: None,
+            cache: None,
         })
         .collect();
     routes.push(RouteSpec {
@@ -33,6 +34,7 @@ fn table(n: usize) -> Vec<RouteSpec> {
         target: origin,
         placement: Mode::Edge,
         region: None,
+        cache: None,
     });
     routes
 }

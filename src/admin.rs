@@ -1,6 +1,6 @@
 //! The admin endpoint, on its own listener (`admin.listen`): `GET /stats` answers JSON with
-//! where each task's requests ran and why, each task's heat and residency, and each
-//! region's health and latency.
+//! where each task's requests ran and why, each task's heat and residency, each region's
+//! health and latency, and the cache's counters; `POST /purge` drops cache entries.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,14 +9,21 @@ use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::cache::{Cache, CacheStats, Purge};
 use crate::metrics::Counters;
 use crate::placement::{Placer, TaskStatus};
 use crate::regions::{RegionStatus, Regions};
 
 pub struct Admin {
-    counters: Arc<Counters>,
-    placer: Option<Arc<Placer>>,
-    regions: Option<Arc<Regions>>,
+    sources: Sources,
+}
+
+/// What the admin endpoint reports on; an edge has all of it, a region only counters.
+pub struct Sources {
+    pub counters: Arc<Counters>,
+    pub placer: Option<Arc<Placer>>,
+    pub regions: Option<Arc<Regions>>,
+    pub cache: Option<Arc<Cache>>,
 }
 
 #[derive(serde::Serialize)]
@@ -24,35 +31,51 @@ struct Stats {
     placements: BTreeMap<String, BTreeMap<String, u64>>,
     tasks: BTreeMap<String, TaskStatus>,
     regions: Vec<RegionStatus>,
+    cache: Option<CacheStats>,
 }
 
 impl Admin {
-    pub fn new(
-        counters: Arc<Counters>,
-        placer: Option<Arc<Placer>>,
-        regions: Option<Arc<Regions>>,
-    ) -> Admin {
-        Admin {
-            counters,
-            placer,
-            regions,
-        }
+    pub fn new(sources: Sources) -> Admin {
+        Admin { sources }
     }
 
     fn stats(&self) -> Stats {
+        let s = &self.sources;
         Stats {
-            placements: self.counters.snapshot(),
-            tasks: self
+            placements: s.counters.snapshot(),
+            tasks: s
                 .placer
                 .as_ref()
                 .map(|p| p.status().into_iter().collect())
                 .unwrap_or_default(),
-            regions: self
-                .regions
-                .as_ref()
-                .map(|r| r.status())
-                .unwrap_or_default(),
+            regions: s.regions.as_ref().map(|r| r.status()).unwrap_or_default(),
+            cache: s.cache.as_ref().map(|c| c.stats()),
         }
+    }
+
+    /// `POST /purge?route=N`, `?task=NAME` or `?prefix=/PATH`.
+    fn purge(&self, query: &str) -> http::Response<Vec<u8>> {
+        let Some(cache) = &self.sources.cache else {
+            return respond(404, "text/plain", b"no cache here\n".to_vec());
+        };
+        let (name, value) = query.split_once('=').unwrap_or((query, ""));
+        let what = match name {
+            "route" => value.parse().ok().map(Purge::Route),
+            "task" if !value.is_empty() => Some(Purge::Task(value.to_string())),
+            "prefix" if value.starts_with('/') => Some(Purge::PathPrefix(value.to_string())),
+            _ => None,
+        };
+        let Some(what) = what else {
+            let usage = b"purge one of: ?route=N, ?task=NAME, ?prefix=/PATH\n".to_vec();
+            return respond(400, "text/plain", usage);
+        };
+        let purged = cache.purge(&what);
+        log::info!("purged {purged} cache entries ({what:?})");
+        respond(
+            200,
+            "application/json",
+            format!("{{\"purged\": {purged}}}\n").into_bytes(),
+        )
     }
 }
 
@@ -69,12 +92,19 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        match session.req_header().uri.path() {
-            "/stats" => match serde_json::to_vec_pretty(&self.stats()) {
+        let req = session.req_header();
+        let query = req.uri.query().unwrap_or_default().to_string();
+        match (req.method.as_str(), req.uri.path()) {
+            ("GET", "/stats") => match serde_json::to_vec_pretty(&self.stats()) {
                 Ok(json) => respond(200, "application/json", json),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
-            _ => respond(404, "text/plain", b"try /stats\n".to_vec()),
+            ("POST", "/purge") => self.purge(&query),
+            _ => respond(
+                404,
+                "text/plain",
+                b"try GET /stats or POST /purge\n".to_vec(),
+            ),
         }
     }
 }

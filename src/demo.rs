@@ -20,14 +20,17 @@ use tokio::sync::oneshot;
 use std::time::Duration;
 
 use crate::config::{
-    Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec, RegionSpec,
-    Role, RouteSpec, Target, TaskSpec,
+    CacheSpec, Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec,
+    RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
 };
 use crate::server::Running;
 
 /// An origin server on its own thread. It answers every request with `200`, a first line
 /// `origin <METHOD> <path?query>`, then the request body as received; headers
-/// `x-origin-host`, `x-origin-forwarded-for` and `x-origin-header-names` show what it was sent.
+/// `x-origin-host`, `x-origin-forwarded-for` and `x-origin-header-names` show what it was
+/// sent, and `x-origin-count` how many requests it has answered. Query parameters shape the
+/// answer: `cc=` its `Cache-Control`, `vary=` its `Vary`, `delay_ms=` a wait before it,
+/// `size=` a body padded to that many bytes.
 pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
@@ -113,7 +116,7 @@ async fn answer(
     req: http::Request<hyper::body::Incoming>,
     hits: Arc<AtomicU64>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
-    hits.fetch_add(1, Ordering::Relaxed);
+    let count = hits.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -121,8 +124,21 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let param = |name: &str| {
+        let query = parts.uri.query().unwrap_or_default();
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    if let Some(ms) = param("delay_ms").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let mut text = format!("origin {} {target}\n", parts.method).into_bytes();
     text.extend_from_slice(&body);
+    if let Some(size) = param("size").and_then(|n| n.parse::<usize>().ok()) {
+        text.resize(size.max(text.len()), b'.');
+    }
     let names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
     let seen = |name: &str| {
         parts
@@ -131,12 +147,19 @@ async fn answer(
             .cloned()
             .unwrap_or(http::HeaderValue::from_static(""))
     };
-    let response = http::Response::builder()
+    let mut response = http::Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
+        .header("x-origin-count", count)
         .header("x-origin-host", seen("host"))
         .header("x-origin-forwarded-for", seen("x-forwarded-for"))
-        .header("x-origin-header-names", names.join(","))
-        .body(Full::new(Bytes::from(text)));
+        .header("x-origin-header-names", names.join(","));
+    if let Some(cc) = param("cc") {
+        response = response.header("cache-control", cc);
+    }
+    if let Some(vary) = param("vary") {
+        response = response.header("vary", vary);
+    }
+    let response = response.body(Full::new(Bytes::from(text)));
     Ok(response.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()))))
 }
 
@@ -189,6 +212,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         placement: PlacementSpec::default(),
         regions: Vec::new(),
         health: HealthSpec::default(),
+        cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
         routes: Vec::new(),
     }
@@ -211,6 +235,14 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         target,
         placement,
         region: region.map(str::to_string),
+        cache: None,
+    };
+    let cached = |route: RouteSpec| RouteSpec {
+        cache: Some(RouteCache {
+            ttl: Some(Duration::from_secs(30)),
+            pure: false,
+        }),
+        ..route
     };
     let task = |name: &str| Target::Task(name.to_string());
     Config {
@@ -233,8 +265,10 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
             })
             .collect(),
         health: HealthSpec::default(),
+        cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
         routes: vec![
+            cached(route("/cached", task("hello"), Mode::Auto, None)),
             route(
                 "/hello",
                 task("hello"),
@@ -317,6 +351,7 @@ fn print_guide(addrs: &DemoAddrs) {
     println!(
         "  curl -i -X POST --data '{{\"name\": \"poplar\", \"tags\": [\"edge\", \"wasm\"]}}' {base}/json"
     );
+    println!("  curl -i {base}/cached/page      # twice: the second is a cache hit (Cache-Status)");
     println!("  curl -i {base}/some/page        # proxied to the origin");
     println!("  curl -s http://{}/stats", addrs.admin);
     println!();

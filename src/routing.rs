@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 
-use crate::config::{Match, Mode, PathMatch, RouteSpec, Target};
+use crate::config::{Match, Mode, PathMatch, RouteCache, RouteSpec, Target};
 
 /// A compiled route table.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ pub struct Route {
     pub placement: Mode,
     /// The home region's name.
     pub region: Option<String>,
+    pub cache: Option<RouteCache>,
 }
 
 impl Router {
@@ -43,6 +44,7 @@ impl Router {
                 target: spec.target.clone(),
                 placement: spec.placement,
                 region: spec.region.clone(),
+                cache: spec.cache,
             })
             .collect();
         routes.sort_by_key(|r| precedence(&r.matcher, r.index));
@@ -145,6 +147,7 @@ mod tests {
             target: Target::Origin(([127, 0, 0, 1], origin_port).into()),
             placement: Mode::Edge,
             region: None,
+            cache: None,
         }
     }
 

@@ -14,11 +14,14 @@ use pingora_core::apps::http_app::HttpServer;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use crate::admin::Admin;
+use std::collections::HashMap;
+
+use crate::admin::{Admin, Sources};
+use crate::cache::Cache;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
 use crate::metrics::Counters;
 use crate::placement::Placer;
-use crate::proxy::{Edge, RegionServer};
+use crate::proxy::{Edge, EdgeParts, RegionServer};
 use crate::regions::{HealthChecker, Regions};
 use crate::routing::Router;
 use crate::wasm::{self, Capacity, Runtime, Task};
@@ -29,19 +32,31 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
     server.bootstrap();
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
-    let (placer, regions) = match config.role {
+    let mut sources = Sources {
+        counters: counters.clone(),
+        placer: None,
+        regions: None,
+        cache: None,
+    };
+    match config.role {
         Role::Edge => {
-            let (edge, placer, regions) = edge(config, source, counters.clone())?;
+            let edge = edge(config, source, counters)?;
+            sources = Sources {
+                placer: Some(edge.placer.clone()),
+                regions: Some(edge.regions.clone()),
+                cache: Some(edge.cache.clone()),
+                ..sources
+            };
+            let regions = edge.regions.clone();
             let conf = &server.configuration;
             let mut service =
-                pingora_proxy::http_proxy_service_with_name(conf, edge, "poplar edge");
+                pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
             service.add_tcp(&config.listen.to_string());
             server.add_service(service);
             if !regions.is_empty() {
-                let checker = HealthChecker::new(regions.clone());
+                let checker = HealthChecker::new(regions);
                 server.add_service(background_service("region health checks", checker));
             }
-            (Some(placer), Some(regions))
         }
         Role::Region => {
             let region = region(config, source)?;
@@ -50,12 +65,13 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
                 pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
             service.add_tcp(&config.listen.to_string());
             server.add_service(service);
-            (None, None)
         }
-    };
+    }
     if let Some(admin) = config.admin {
-        let app = Admin::new(counters, placer, regions);
-        let mut service = Service::new("poplar admin".to_string(), HttpServer::new_app(app));
+        let mut service = Service::new(
+            "poplar admin".to_string(),
+            HttpServer::new_app(Admin::new(sources)),
+        );
         service.add_tcp(&admin.to_string());
         server.add_service(service);
     }
@@ -85,7 +101,7 @@ fn edge(
     config: &Config,
     source: &Path,
     counters: Arc<Counters>,
-) -> Result<(Edge, Arc<Placer>, Arc<Regions>), ConfigErrors> {
+) -> Result<EdgeParts, ConfigErrors> {
     let runtime = runtime(config, source)?;
     let pinned_names: Vec<&str> = config
         .routes
@@ -101,21 +117,49 @@ fn edge(
         .values()
         .filter(|t| pinned_names.contains(&t.name.as_str()));
     let pinned = load(&runtime, pinned, source)?;
+    let versions = versions(config, source)?;
     let runtime = Arc::new(runtime);
-    let placer = Arc::new(Placer::new(
+    let placer = Placer::new(
         config.placement.clone(),
         runtime,
         config.tasks.values().cloned(),
         pinned,
-    ));
-    let regions = Arc::new(Regions::new(config.regions.clone(), config.health));
+    );
     let key = config.forwarding_key.clone();
     if !config.regions.is_empty() && key.is_none() {
         return Err(no_key(source));
     }
-    let router = Router::new(&config.routes);
-    let edge = Edge::new(router, placer.clone(), regions.clone(), key, counters);
-    Ok((edge, placer, regions))
+    Ok(EdgeParts {
+        router: Router::new(&config.routes),
+        placer: Arc::new(placer),
+        regions: Arc::new(Regions::new(config.regions.clone(), config.health)),
+        key,
+        counters,
+        cache: Arc::new(Cache::new(config.cache)),
+        versions,
+    })
+}
+
+/// Each task's version: the SHA-256 of its wasm, so a new build never shares cache entries.
+fn versions(config: &Config, source: &Path) -> Result<HashMap<String, String>, ConfigErrors> {
+    let mut versions = HashMap::new();
+    let mut errors = Vec::new();
+    for task in config.tasks.values() {
+        match std::fs::read(&task.wasm) {
+            Ok(bytes) => {
+                versions.insert(task.name.clone(), wasm::digest(&bytes));
+            }
+            Err(e) => errors.push(ConfigError {
+                path: format!("tasks.{}.wasm", task.name),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(versions)
+    } else {
+        Err(fail(source, errors))
+    }
 }
 
 /// The region: every task is loaded now.

@@ -34,6 +34,8 @@ pub struct Config {
     /// Edge only; sorted by name.
     pub regions: Vec<RegionSpec>,
     pub health: HealthSpec,
+    /// The edge's result cache (used by routes with `cache:`).
+    pub cache: CacheSpec,
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,
@@ -92,6 +94,37 @@ impl Default for PlacementSpec {
 pub struct RegionSpec {
     pub name: String,
     pub address: SocketAddr,
+}
+
+/// The edge's result cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Bytes of responses kept, at most.
+    pub memory: u64,
+    /// The largest response body stored.
+    pub max_entry: u64,
+    /// How long concurrent misses on one key wait for the first to fill it.
+    pub lock_timeout: Duration,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            memory: 256 << 20,
+            max_entry: 8 << 20,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A route's caching: present means on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteCache {
+    /// Freshness for responses that state none.
+    pub ttl: Option<Duration>,
+    /// The task is a pure function of its request: cache every method, keyed also by a
+    /// hash of the body.
+    pub pure: bool,
 }
 
 /// Active health checks of regions, and passive ejection.
@@ -157,6 +190,8 @@ pub struct RouteSpec {
     pub placement: Mode,
     /// The home region: tried first while healthy (data locality).
     pub region: Option<String>,
+    /// `None`: this route never caches.
+    pub cache: Option<RouteCache>,
 }
 
 /// A task route's placement policy.

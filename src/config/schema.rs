@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use super::units::{Dur, Size};
 use super::{
-    Config, ConfigError, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec,
-    RegionSpec, Role, RouteSpec, Target, TaskSpec,
+    CacheSpec, Config, ConfigError, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch,
+    PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
 };
 
 const EDGE_KEYS: &[&str] = &[
@@ -24,6 +24,7 @@ const EDGE_KEYS: &[&str] = &[
     "placement",
     "regions",
     "health",
+    "cache",
     "tasks",
     "routes",
 ];
@@ -50,7 +51,9 @@ const REGION_PLACEMENT_KEYS: &[&str] = &["max_inline"];
 const HEALTH_KEYS: &[&str] = &["interval", "timeout", "unhealthy_after"];
 const TASK_KEYS: &[&str] = &["wasm", "limits"];
 const LIMIT_KEYS: &[&str] = &["memory", "timeout", "max_body"];
-const ROUTE_KEYS: &[&str] = &["match", "task", "origin", "placement", "region"];
+const ROUTE_KEYS: &[&str] = &["match", "task", "origin", "placement", "region", "cache"];
+const CACHE_KEYS: &[&str] = &["memory", "max_entry", "lock_timeout"];
+const ROUTE_CACHE_KEYS: &[&str] = &["ttl", "pure"];
 const MATCH_KEYS: &[&str] = &["host", "path", "path_prefix", "methods"];
 
 /// Most inline executions one server may run at once (each reserves pool address space).
@@ -163,6 +166,7 @@ impl Walk {
         let placement = self.placement(top, edge);
         let regions = self.regions(top);
         let health = self.health(top);
+        let cache = self.cache(top);
         let tasks = self.tasks(top, base);
         if !edge && tasks.is_empty() && !top.contains_key("tasks") {
             self.error("tasks", "missing: a region needs at least one task");
@@ -195,6 +199,7 @@ impl Walk {
             placement: placement?,
             regions,
             health: health?,
+            cache: cache?,
             tasks,
             routes,
         })
@@ -354,6 +359,55 @@ impl Walk {
             }
         }
         regions
+    }
+
+    fn cache(&mut self, top: &Map<String, Value>) -> Option<CacheSpec> {
+        let mut spec = CacheSpec::default();
+        let Some(value) = top.get("cache") else {
+            return Some(spec);
+        };
+        let map = self.object(value, "cache", CACHE_KEYS)?;
+        let before = self.errors.len();
+        if let Some(s) = self.get::<Size>(map, "memory", "cache") {
+            spec.memory = s.0;
+        }
+        if let Some(s) = self.get::<Size>(map, "max_entry", "cache") {
+            spec.max_entry = s.0;
+        }
+        if let Some(d) = self.get::<Dur>(map, "lock_timeout", "cache") {
+            spec.lock_timeout = d.0;
+        }
+        if spec.memory < 1 << 20 {
+            self.error("cache.memory", "must be at least 1MiB");
+        }
+        if spec.max_entry > spec.memory || spec.max_entry > 64 << 20 {
+            self.error(
+                "cache.max_entry",
+                "must be at most cache.memory and at most 64MiB",
+            );
+        }
+        (self.errors.len() == before).then_some(spec)
+    }
+
+    fn route_cache(&mut self, map: &Map<String, Value>, path: &str) -> Option<Option<RouteCache>> {
+        let Some(value) = map.get("cache") else {
+            return Some(None);
+        };
+        let path = join(path, "cache");
+        let fields = self.object(value, &path, ROUTE_CACHE_KEYS)?;
+        let before = self.errors.len();
+        let ttl = self.get::<Dur>(fields, "ttl", &path).map(|d| d.0);
+        let pure = self.get::<bool>(fields, "pure", &path).unwrap_or(false);
+        if ttl.is_some_and(|t| t < Duration::from_secs(1)) {
+            self.error(
+                join(&path, "ttl"),
+                "must be at least 1s (freshness counts whole seconds)",
+            );
+        }
+        if pure && !map.contains_key("task") {
+            self.error(join(&path, "pure"), "applies to task routes only");
+        }
+        (self.errors.len() == before).then_some(Some(RouteCache { ttl, pure }))
     }
 
     fn health(&mut self, top: &Map<String, Value>) -> Option<HealthSpec> {
@@ -535,6 +589,7 @@ impl Walk {
             (false, true) => origin.map(Target::Origin),
         };
         let (placement, region) = self.route_placement(map, path, regions);
+        let cache = self.route_cache(map, path);
         if map.contains_key("origin")
             && (map.contains_key("placement") || map.contains_key("region"))
         {
@@ -545,6 +600,7 @@ impl Walk {
             target: target?,
             placement: placement?,
             region: region?,
+            cache: cache?,
         })
     }
 

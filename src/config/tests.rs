@@ -55,7 +55,7 @@ routes:
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region`",
         "listen: invalid socket address syntax",
-        "colour: unknown key; expected one of: role, listen, threads, admin, forwarding, placement, regions, health, tasks, routes",
+        "colour: unknown key; expected one of: role, listen, threads, admin, forwarding, placement, regions, health, cache, tasks, routes",
         "tasks.hello.wasm: cannot read",
         "tasks.hello.limits.memory: invalid size \"64XB\"",
         "tasks.hello.limits.timeout: invalid duration \"soon\"",

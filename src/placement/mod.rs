@@ -190,6 +190,15 @@ impl Placer {
         }
     }
 
+    /// The task's compiled code, if it is loaded here (pinned or resident).
+    pub fn loaded(&self, task: &str) -> Option<Arc<Task>> {
+        let entry = self.tasks.get(task)?;
+        match &lock(&entry.state).code {
+            Code::Ready(task) => Some(task.clone()),
+            _ => entry.pinned.clone(),
+        }
+    }
+
     /// An inline run of `task` outgrew the edge: keep it off for a while.
     pub fn outgrew(&self, task: &str) {
         if let Some(entry) = self.tasks.get(task) {

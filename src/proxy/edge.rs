@@ -1,24 +1,28 @@
 //! The edge: route; answer task routes inline or forward them to a region; proxy origin
 //! routes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::cached::{self, CacheCtx};
 use super::task::{self, Inline, Served};
 use super::{RequestIds, respond, strip_poplar_headers};
+use crate::cache::Cache;
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
 use crate::metrics::{Counters, Site};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::Regions;
-use crate::regions::signing::{self, Signed};
+use crate::regions::signing;
 use crate::routing::Router;
 
 /// Timeouts towards origins and regions: connect fast, allow slow responses.
@@ -31,11 +35,25 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The edge proxy.
 pub struct Edge {
     router: Router,
-    placer: Arc<Placer>,
-    regions: Arc<Regions>,
-    key: Option<ForwardingKey>,
+    pub(super) placer: Arc<Placer>,
+    pub(super) regions: Arc<Regions>,
+    pub(super) key: Option<ForwardingKey>,
     counters: Arc<Counters>,
+    pub(super) cache: Arc<Cache>,
+    /// Each task's version (the digest of its wasm), for cache keys.
+    pub(super) versions: HashMap<String, String>,
     ids: RequestIds,
+}
+
+/// What an edge is made of.
+pub struct Parts {
+    pub router: Router,
+    pub placer: Arc<Placer>,
+    pub regions: Arc<Regions>,
+    pub key: Option<ForwardingKey>,
+    pub counters: Arc<Counters>,
+    pub cache: Arc<Cache>,
+    pub versions: HashMap<String, String>,
 }
 
 /// Per-request state.
@@ -43,6 +61,10 @@ pub struct Edge {
 pub struct Ctx {
     origin: Option<SocketAddr>,
     forward: Option<Forward>,
+    /// On a cacheable route: what the cache phase found, and the recording of the answer.
+    pub(super) cache: Option<Box<CacheCtx>>,
+    /// A body read before placement (a pure route's cache key needs it).
+    pub(super) body: Option<Bytes>,
 }
 
 /// A task request on its way to a region.
@@ -56,19 +78,24 @@ struct Forward {
 }
 
 impl Edge {
-    pub fn new(
-        router: Router,
-        placer: Arc<Placer>,
-        regions: Arc<Regions>,
-        key: Option<ForwardingKey>,
-        counters: Arc<Counters>,
-    ) -> Edge {
+    pub fn new(parts: Parts) -> Edge {
+        let Parts {
+            router,
+            placer,
+            regions,
+            key,
+            counters,
+            cache,
+            versions,
+        } = parts;
         Edge {
             router,
             placer,
             regions,
             key,
             counters,
+            cache,
+            versions,
             ids: RequestIds::new(),
         }
     }
@@ -98,6 +125,8 @@ impl Edge {
                     request_id: self.ids.next(),
                     placement: Some(format!("edge; reason={}", reason.as_str())),
                     may_fall_back: reason == Reason::Hot,
+                    body: ctx.body.clone(),
+                    cache: ctx.cache.as_deref_mut().map(|c| (&*self.cache, c)),
                 };
                 match task::serve(session, run).await? {
                     Served::Answered => {
@@ -145,22 +174,15 @@ impl Edge {
                 "no forwarding key",
             ));
         };
-        let timestamp = signing::unix_now();
         let path_and_query = upstream
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let signed = Signed {
-            timestamp,
-            method: upstream.method.as_str(),
-            path_and_query: &path_and_query,
-            task: &fwd.task,
-        };
-        let signature = signing::sign(&key.0, &signed);
-        upstream.insert_header(signing::TASK_HEADER, fwd.task.clone())?;
-        upstream.insert_header(signing::TIMESTAMP_HEADER, timestamp.to_string())?;
-        upstream.insert_header(signing::SIGNATURE_HEADER, signature)?;
+        let method = upstream.method.as_str().to_string();
+        for (name, value) in signing::headers(&key.0, &method, &path_and_query, &fwd.task) {
+            upstream.insert_header(name, value)?;
+        }
         Ok(())
     }
 }
@@ -191,6 +213,9 @@ impl ProxyHttp for Edge {
             respond::error(session, ErrorKind::NoRoute, "no route matches this request").await?;
             return Ok(true);
         };
+        if route.cache.is_some() && self.cache_phase(session, ctx, route).await? {
+            return Ok(true);
+        }
         match &route.target {
             Target::Origin(addr) => {
                 ctx.origin = Some(*addr);
@@ -273,17 +298,42 @@ impl ProxyHttp for Edge {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(fwd) = &ctx.forward else {
-            return Ok(());
-        };
-        let Some((i, sent)) = fwd.attempt else {
-            return Ok(());
-        };
-        self.regions.record_response(i, sent.elapsed());
-        let name = self.regions.spec(i).map_or("?", |s| s.name.as_str());
-        let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
-        response.insert_header("x-poplar-placement", placement)?;
+        if let Some(fwd) = &ctx.forward
+            && let Some((i, sent)) = fwd.attempt
+        {
+            self.regions.record_response(i, sent.elapsed());
+            let name = self.regions.spec(i).map_or("?", |s| s.name.as_str());
+            let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
+            response.insert_header("x-poplar-placement", placement)?;
+        }
+        if let Some(cache) = &mut ctx.cache {
+            let status = cache.on_head(&self.cache, &response.as_owned_parts());
+            response.insert_header("cache-status", status)?;
+            let length = response.headers.get(http::header::CONTENT_LENGTH);
+            if length.is_some_and(|v| v.as_bytes() == b"0") {
+                // No body will pass the body filter: the answer is complete now.
+                cache.on_end(&self.cache);
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(cache) = &mut ctx.cache {
+            if let Some(chunk) = body {
+                cache.on_body(&self.cache, chunk);
+            }
+            if end_of_stream {
+                cache.on_end(&self.cache);
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -297,13 +347,26 @@ impl ProxyHttp for Edge {
                 can_reuse_downstream: false,
             };
         };
+        if let Some(cache) = &ctx.cache
+            && let Some(status) = cached::serve_stale_on_error(session, &self.cache, cache).await
+        {
+            log::warn!("served a stale response: {e}");
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let message = match kind {
             ErrorKind::Origin => "the origin could not be reached or failed".to_string(),
             ErrorKind::Region => "the region could not be reached or failed".to_string(),
             ErrorKind::NoRegion => "no healthy region can run this task".to_string(),
             _ => e.to_string(),
         };
-        if let Err(write) = respond::error(session, kind, &message).await {
+        let status = ctx
+            .cache
+            .as_ref()
+            .map(|c| ("cache-status", c.error_status()));
+        if let Err(write) = respond::error_with(session, kind, &message, status).await {
             log::debug!("cannot write the error response: {write}");
         }
         FailToProxy {

@@ -1,7 +1,9 @@
 //! The `ProxyHttp` implementations: the edge ([`Edge`]) and the region ([`RegionServer`]).
 //! Each phase is a few lines that call into a module.
 
+mod cached;
 mod edge;
+mod refresh;
 mod region;
 mod respond;
 mod task;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_http::RequestHeader;
 
-pub use edge::Edge;
+pub use edge::{Edge, Parts as EdgeParts};
 pub use region::RegionServer;
 
 /// Request ids for logs: a per-process prefix and a counter.

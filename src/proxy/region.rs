@@ -119,6 +119,8 @@ impl ProxyHttp for RegionServer {
             request_id: self.ids.next(),
             placement: None,
             may_fall_back: false,
+            body: None,
+            cache: None,
         };
         task::serve(session, run).await?;
         Ok(true)

@@ -11,6 +11,16 @@ use crate::errors::ErrorKind;
 /// Writes an error response: the kind's status, a one-line plain-text body, and
 /// `x-poplar-error`. Does nothing if a response has already started.
 pub async fn error(session: &mut Session, kind: ErrorKind, message: &str) -> Result<()> {
+    error_with(session, kind, message, None).await
+}
+
+/// [`error`], with one more header (a `Cache-Status`).
+pub async fn error_with(
+    session: &mut Session,
+    kind: ErrorKind,
+    message: &str,
+    extra: Option<(&'static str, String)>,
+) -> Result<()> {
     if session.response_written().is_some() {
         return Ok(());
     }
@@ -21,6 +31,9 @@ pub async fn error(session: &mut Session, kind: ErrorKind, message: &str) -> Res
     head.insert_header("content-length", body.len())?;
     head.insert_header("x-poplar-error", name)?;
     head.insert_header("cache-control", "no-store")?;
+    if let Some((name, value)) = extra {
+        head.insert_header(name, value)?;
+    }
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await
 }

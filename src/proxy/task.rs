@@ -12,7 +12,9 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::cached::CacheCtx;
 use super::respond;
+use crate::cache::Cache;
 use crate::errors::ErrorKind;
 use crate::wasm::{GuestResponse, Runtime, Task, TaskError};
 
@@ -43,6 +45,10 @@ pub struct Inline<'a> {
     pub placement: Option<String>,
     /// Keep the body for a replay to a region if the run outgrows the edge.
     pub may_fall_back: bool,
+    /// The body, when it was read already (to key a pure route's cache entry).
+    pub body: Option<Bytes>,
+    /// The cache to record the answer in, on a cacheable route.
+    pub cache: Option<(&'a Cache, &'a mut CacheCtx)>,
 }
 
 /// How an inline run ended.
@@ -55,13 +61,17 @@ pub enum Served {
 }
 
 /// Runs the task for the request in `session` and writes the answer, whatever it is.
-pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
+pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served> {
     let task = run.task;
-    if run.may_fall_back {
+    if run.may_fall_back && run.body.is_none() {
         // Pingora replays this buffer (at most 64 KiB, which admission ensures) upstream.
         session.enable_retry_buffering();
     }
-    let body = match read_body(session, task.limits.max_body).await {
+    let body = match run.body.take() {
+        Some(body) => Ok(body),
+        None => read_body(session, task.limits.max_body).await,
+    };
+    let body = match body {
         Ok(body) => body,
         Err(kind) => {
             let message = match kind {
@@ -70,14 +80,14 @@ pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
                 }
                 _ => "cannot read the request body".to_string(),
             };
-            respond::error(session, kind, &message).await?;
+            fail(session, &run, kind, &message).await?;
             return Ok(Served::Answered);
         }
     };
     let request = guest_request(session, body);
 
     let started = Instant::now();
-    let slot = match run.slot {
+    let slot = match run.slot.take() {
         Some(slot) => slot,
         None => {
             let until = tokio::time::Instant::from_std(started + task.limits.timeout);
@@ -87,7 +97,7 @@ pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
                     run.request_id,
                     task.name
                 );
-                respond::error(session, ErrorKind::Busy, "no execution slot is free").await?;
+                fail(session, &run, ErrorKind::Busy, "no execution slot is free").await?;
                 return Ok(Served::Answered);
             };
             slot
@@ -112,11 +122,18 @@ pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
         }
         Err(e) => {
             log::error!("[{}] task {}: {e}", run.request_id, task.name);
-            respond::error(session, e.kind(), &e.to_string()).await?;
+            fail(session, &run, e.kind(), &e.to_string()).await?;
             return Ok(Served::Answered);
         }
     };
     let mut head = response_head(&response, started, run.placement.as_deref())?;
+    if let Some((cache, ctx)) = &mut run.cache {
+        head.insert_header("cache-status", ctx.on_head(cache, &response.head))?;
+        chunks.iter().for_each(|c| ctx.on_body(cache, c));
+        if complete {
+            ctx.on_end(cache);
+        }
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     if complete {
         let body = concat(chunks);
@@ -139,23 +156,50 @@ pub async fn serve(session: &mut Session, run: Inline<'_>) -> Result<Served> {
     for chunk in chunks {
         session.write_response_body(Some(chunk), false).await?;
     }
-    stream_rest(session, task, &run.request_id, &mut response).await?;
+    stream_rest(session, &mut run, &mut response).await?;
     Ok(Served::Answered)
+}
+
+/// Answers an error, with the route's `Cache-Status` if it has one.
+async fn fail(
+    session: &mut Session,
+    run: &Inline<'_>,
+    kind: ErrorKind,
+    message: &str,
+) -> Result<()> {
+    let status = run
+        .cache
+        .as_ref()
+        .map(|(_, ctx)| ("cache-status", ctx.error_status()));
+    respond::error_with(session, kind, message, status).await
 }
 
 /// Streams the rest of a long body. A failure now can only cut the response short.
 async fn stream_rest(
     session: &mut Session,
-    task: &Task,
-    request_id: &str,
+    run: &mut Inline<'_>,
     response: &mut GuestResponse,
 ) -> Result<()> {
     loop {
         match response.chunk().await {
-            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
-            Ok(None) => return session.write_response_body(None, true).await,
+            Ok(Some(chunk)) => {
+                if let Some((cache, ctx)) = &mut run.cache {
+                    ctx.on_body(cache, &chunk);
+                }
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            Ok(None) => {
+                if let Some((cache, ctx)) = &mut run.cache {
+                    ctx.on_end(cache);
+                }
+                return session.write_response_body(None, true).await;
+            }
             Err(e) => {
-                log::error!("[{request_id}] task {} failed mid-response: {e}", task.name);
+                log::error!(
+                    "[{}] task {} failed mid-response: {e}",
+                    run.request_id,
+                    run.task.name
+                );
                 return Err(respond::as_pingora_error(e.kind(), e.to_string()));
             }
         }

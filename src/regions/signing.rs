@@ -55,6 +55,30 @@ pub fn sign(key: &[u8], s: &Signed<'_>) -> String {
     format!("v1={hex}")
 }
 
+/// The three headers that name and sign a forwarded request, signed now.
+pub fn headers(
+    key: &[u8],
+    method: &str,
+    path_and_query: &str,
+    task: &str,
+) -> [(&'static str, String); 3] {
+    let timestamp = unix_now();
+    let signature = sign(
+        key,
+        &Signed {
+            timestamp,
+            method,
+            path_and_query,
+            task,
+        },
+    );
+    [
+        (TASK_HEADER, task.to_string()),
+        (TIMESTAMP_HEADER, timestamp.to_string()),
+        (SIGNATURE_HEADER, signature),
+    ]
+}
+
 /// Checks a signature header against the request it came with, at time `now` (unix secs).
 pub fn verify(
     key: &[u8],

@@ -111,7 +111,7 @@ impl Runtime {
         Ok(Task {
             name: name.to_string(),
             code_bytes: (code.end as usize).saturating_sub(code.start as usize) as u64,
-            digest: hex(&Sha256::digest(bytes)),
+            digest: digest(bytes),
             limits,
             pre,
         })
@@ -196,8 +196,12 @@ impl Drop for EpochTicker {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A task version: the hex SHA-256 of its wasm.
+pub fn digest(wasm: &[u8]) -> String {
+    Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Loads every task of a config, collecting the failures by task name.

@@ -1,0 +1,181 @@
+//! Cache keys and `Cache-Status` values (RFC 9211). Plain functions, no I/O.
+
+use sha2::{Digest, Sha256};
+
+/// What identifies a stored response before `Vary`: the route, the task's version, the
+/// method (HEAD shares GET's entries), host, path and query, and for a pure task's
+/// request with a body, a hash of the body.
+pub struct KeyParts<'a> {
+    pub route: usize,
+    /// The digest of the task's wasm; empty for an origin route.
+    pub version: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+    pub body: Option<&'a [u8]>,
+}
+
+pub fn primary_key(k: &KeyParts<'_>) -> String {
+    let method = if k.method.eq_ignore_ascii_case("HEAD") {
+        "GET"
+    } else {
+        k.method
+    };
+    let body = k.body.map(|b| {
+        let digest = Sha256::digest(b);
+        digest
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    });
+    format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        k.route,
+        k.version,
+        method.to_ascii_uppercase(),
+        k.host.to_ascii_lowercase(),
+        k.path_and_query,
+        body.unwrap_or_default()
+    )
+}
+
+/// The part of `Cache-Status` after `poplar;` (RFC 9211).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Served from the cache.
+    Hit {
+        ttl: i64,
+        detail: Option<&'static str>,
+        collapsed: bool,
+    },
+    /// Went forward: `fwd` says why; `stored` whether the answer was kept.
+    Forward {
+        fwd: &'static str,
+        stored: bool,
+        detail: Option<&'static str>,
+    },
+}
+
+impl Status {
+    pub fn header(&self) -> String {
+        match self {
+            Status::Hit {
+                ttl,
+                detail,
+                collapsed,
+            } => {
+                let mut s = format!("poplar; hit; ttl={ttl}");
+                if *collapsed {
+                    s += "; collapsed";
+                }
+                if let Some(d) = detail {
+                    s += &format!("; detail={d}");
+                }
+                s
+            }
+            Status::Forward {
+                fwd,
+                stored,
+                detail,
+            } => {
+                let mut s = format!("poplar; fwd={fwd}");
+                if *stored {
+                    s += "; stored";
+                }
+                if let Some(d) = detail {
+                    s += &format!("; detail={d}");
+                }
+                s
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(method: &str, body: Option<&[u8]>) -> String {
+        primary_key(&KeyParts {
+            route: 2,
+            version: "abc",
+            method,
+            host: "Example.COM",
+            path_and_query: "/a?b=1",
+            body,
+        })
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(key("GET", None), "2\nabc\nGET\nexample.com\n/a?b=1\n");
+        assert_eq!(
+            key("HEAD", None),
+            key("GET", None),
+            "HEAD shares GET's entries"
+        );
+        assert_ne!(key("POST", Some(b"x")), key("POST", Some(b"y")));
+        let other_version = primary_key(&KeyParts {
+            route: 2,
+            version: "abd",
+            method: "GET",
+            host: "example.com",
+            path_and_query: "/a?b=1",
+            body: None,
+        });
+        assert_ne!(
+            other_version,
+            key("GET", None),
+            "a new task version never shares entries"
+        );
+    }
+
+    #[test]
+    fn cache_status_values() {
+        assert_eq!(
+            Status::Hit {
+                ttl: 30,
+                detail: None,
+                collapsed: false
+            }
+            .header(),
+            "poplar; hit; ttl=30"
+        );
+        assert_eq!(
+            Status::Hit {
+                ttl: -3,
+                detail: Some("stale-if-error"),
+                collapsed: false
+            }
+            .header(),
+            "poplar; hit; ttl=-3; detail=stale-if-error"
+        );
+        assert_eq!(
+            Status::Hit {
+                ttl: 9,
+                detail: None,
+                collapsed: true
+            }
+            .header(),
+            "poplar; hit; ttl=9; collapsed"
+        );
+        assert_eq!(
+            Status::Forward {
+                fwd: "uri-miss",
+                stored: true,
+                detail: None
+            }
+            .header(),
+            "poplar; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            Status::Forward {
+                fwd: "method",
+                stored: false,
+                detail: Some("uncacheable")
+            }
+            .header(),
+            "poplar; fwd=method; detail=uncacheable"
+        );
+    }
+}

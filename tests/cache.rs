@@ -1,0 +1,443 @@
+//! End-to-end: the edge's result cache, on task routes (inline and forwarded) and origin
+//! routes, under HTTP caching rules.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Edge, Key, client, free_addr, placement, start_edge, start_region};
+use poplar::demo::Origin;
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// An edge without regions: `/hello` (cached 30 s by default), `/echo` (cached, response
+/// freshness only), `/pure` (echo, pure: POSTs cached by body), `/site` (origin, cached),
+/// `/nocache` (origin, not cached). Admin on `admin`.
+fn edge(origin: SocketAddr, admin: SocketAddr, cache: &str) -> Edge {
+    start_edge(&format!(
+        r#"role: edge
+listen: LISTEN
+threads: 2
+admin: {{ listen: "{admin}" }}
+cache: {cache}
+tasks:
+  hello:
+    wasm: hello.wasm
+  echo:
+    wasm: echo.wasm
+    limits: {{ timeout: 3s }}
+routes:
+  - match: {{ path_prefix: /hello }}
+    task: hello
+    cache: {{ ttl: 30s }}
+  - match: {{ path_prefix: /echo }}
+    task: echo
+    cache: {{}}
+  - match: {{ path_prefix: /pure }}
+    task: echo
+    cache: {{ ttl: 30s, pure: true }}
+  - match: {{ path_prefix: /site }}
+    origin: "{origin}"
+    cache: {{}}
+  - match: {{ path_prefix: /nocache }}
+    origin: "{origin}"
+"#
+    ))
+}
+
+async fn stats(admin: SocketAddr) -> serde_json::Value {
+    let text = client()
+        .get(format!("http://{admin}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_result_is_a_miss_then_a_hit() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let url = format!("{}/hello?name=cache", edge.base);
+
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    assert_eq!(placement(&first), "edge; reason=pinned");
+    let body = first.text().await.unwrap();
+
+    let second = client().get(&url).send().await.unwrap();
+    assert_eq!(placement(&second), "cache");
+    let status = header(&second, "cache-status");
+    assert!(status.starts_with("poplar; hit; ttl="), "{status}");
+    let ttl: i64 = status.rsplit('=').next().unwrap().parse().unwrap();
+    assert!((28..=30).contains(&ttl), "{status}");
+    assert!(second.headers().contains_key("age"));
+    assert!(
+        second.headers().get("server-timing").is_none(),
+        "nothing ran"
+    );
+    assert_eq!(second.text().await.unwrap(), body);
+
+    // HEAD is answered from the GET's entry, without a body.
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(placement(&head), "cache");
+    assert_eq!(header(&head, "content-length"), body.len().to_string());
+
+    // Another query is another key; a client's no-cache goes forward (and refreshes it).
+    let other = client().get(format!("{url}&x=1")).send().await.unwrap();
+    assert_eq!(
+        header(&other, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    let bypass = client()
+        .get(&url)
+        .header("cache-control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&bypass, "cache-status"),
+        "poplar; fwd=request; stored"
+    );
+    // Methods other than GET and HEAD are not cached on a route that is not pure.
+    let post = client().post(&url).body("x").send().await.unwrap();
+    assert_eq!(header(&post, "cache-status"), "poplar; fwd=method");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_freshness_expiry_no_store_and_private() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let get = |path: &str| client().get(format!("{}{path}", edge.base)).send();
+
+    let a = get("/site/a?cc=max-age=1").await.unwrap();
+    assert_eq!(header(&a, "cache-status"), "poplar; fwd=uri-miss; stored");
+    let b = get("/site/a?cc=max-age=1").await.unwrap();
+    assert_eq!(placement(&b), "cache");
+    assert_eq!(header(&b, "x-origin-count"), header(&a, "x-origin-count"));
+    // Past max-age it is stale: forward again, and store the new answer.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let c = get("/site/a?cc=max-age=1").await.unwrap();
+    assert_eq!(header(&c, "cache-status"), "poplar; fwd=stale; stored");
+    assert_ne!(header(&c, "x-origin-count"), header(&a, "x-origin-count"));
+
+    for cc in ["no-store", "private,max-age=60"] {
+        let path = format!("/site/never?cc={cc}");
+        let first = get(&path).await.unwrap();
+        let status = header(&first, "cache-status");
+        assert!(
+            status.starts_with("poplar; fwd=uri-miss; detail="),
+            "{cc}: {status}"
+        );
+        let second = get(&path).await.unwrap();
+        assert!(
+            header(&second, "cache-status").starts_with("poplar; fwd=uri-miss"),
+            "{cc} was stored"
+        );
+        assert_ne!(
+            header(&first, "x-origin-count"),
+            header(&second, "x-origin-count")
+        );
+    }
+    // Nothing said and no route default: not stored.
+    let plain = get("/site/plain").await.unwrap();
+    assert_eq!(
+        header(&plain, "cache-status"),
+        "poplar; fwd=uri-miss; detail=no-freshness"
+    );
+    // A route without cache: no Cache-Status at all.
+    let uncached = get("/nocache/x?cc=max-age=60").await.unwrap();
+    assert_eq!(header(&uncached, "cache-status"), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vary_keeps_variants_apart() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let url = format!("{}/site/v?cc=max-age=60&vary=accept-language", edge.base);
+    let get = |lang: &'static str| client().get(&url).header("accept-language", lang).send();
+
+    let en = get("en").await.unwrap();
+    assert_eq!(header(&en, "cache-status"), "poplar; fwd=uri-miss; stored");
+    let fr = get("fr").await.unwrap();
+    assert_eq!(header(&fr, "cache-status"), "poplar; fwd=vary-miss; stored");
+    let en2 = get("en").await.unwrap();
+    let fr2 = get("fr").await.unwrap();
+    assert_eq!(
+        (placement(&en2), placement(&fr2)),
+        ("cache".into(), "cache".into())
+    );
+    assert_eq!(
+        header(&en2, "x-origin-count"),
+        header(&en, "x-origin-count")
+    );
+    assert_eq!(
+        header(&fr2, "x-origin-count"),
+        header(&fr, "x-origin-count")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_misses_run_once() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{}");
+
+    let burst = |path: String| {
+        let url = format!("{}{path}", edge.base);
+        (0..100)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let resp = client()
+                        .get(url)
+                        .header("x-echo-cache-control", "max-age=60")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    (header(&resp, "cache-status"), resp.text().await.unwrap())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    // An origin that takes 300 ms: 100 requests for one cold key reach it once.
+    let mut statuses = Vec::new();
+    for h in burst("/site/slow?cc=max-age=60&delay_ms=300".into()) {
+        statuses.push(h.await.unwrap().0);
+    }
+    assert_eq!(origin.hits(), 1, "{statuses:?}");
+    assert!(statuses.iter().any(|s| s.contains("collapsed")));
+
+    // A task that takes 300 ms: it runs once.
+    let mut bodies = Vec::new();
+    for h in burst("/echo/slow?sleep_ms=300".into()).into_iter() {
+        bodies.push(h.await.unwrap());
+    }
+    let stats = stats(admin).await;
+    assert_eq!(stats["placements"]["echo"]["edge/pinned"], 1, "{stats}");
+    assert!(stats["cache"]["coalesced_waits"].as_u64().unwrap() >= 99 + 99);
+    let _ = bodies;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pure_routes_cache_by_body() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let post = |body: &'static str| {
+        client()
+            .post(format!("{}/pure", edge.base))
+            .body(body)
+            .send()
+    };
+    let a = post("one").await.unwrap();
+    assert_eq!(header(&a, "cache-status"), "poplar; fwd=uri-miss; stored");
+    let b = post("one").await.unwrap();
+    assert_eq!(placement(&b), "cache");
+    assert_eq!(b.text().await.unwrap(), "one");
+    let c = post("two").await.unwrap();
+    assert_eq!(header(&c, "cache-status"), "poplar; fwd=uri-miss; stored");
+    assert_eq!(c.text().await.unwrap(), "two");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_serves_stale_and_refreshes() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let url = format!(
+        "{}/site/swr?cc=max-age=1,stale-while-revalidate=60",
+        edge.base
+    );
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let stale = client().get(&url).send().await.unwrap();
+    assert_eq!(placement(&stale), "cache");
+    assert!(header(&stale, "cache-status").ends_with("detail=stale-while-revalidate"));
+    assert_eq!(
+        header(&stale, "x-origin-count"),
+        header(&first, "x-origin-count")
+    );
+
+    // The refresh ran in the background: soon a fresh hit carries the new answer.
+    let started = Instant::now();
+    loop {
+        let resp = client().get(&url).send().await.unwrap();
+        let status = header(&resp, "cache-status");
+        if status.starts_with("poplar; hit; ttl=") && !status.contains("detail") {
+            assert_ne!(
+                header(&resp, "x-origin-count"),
+                header(&first, "x-origin-count")
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never refreshed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_serves_stale_when_the_region_is_down() {
+    let key = Key::new();
+    let region = start_region(&key, &["echo"]);
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 1h }}\nregions:\n  only: {{ address: \"{}\" }}\ntasks:\n  echo:\n    wasm: echo.wasm\nroutes:\n  - match: {{ path_prefix: /echo }}\n    task: echo\n    placement: region\n    cache: {{}}\n",
+        key.path(),
+        region.addr
+    ));
+    let url = format!("{}/echo/report", edge.base);
+    let first = client()
+        .get(&url)
+        .header("x-echo-cache-control", "max-age=1, stale-if-error=60")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placement(&first), "region; name=only; reason=pinned");
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+
+    region.stop();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(placement(&resp), "cache");
+    let status = header(&resp, "cache-status");
+    assert!(
+        status.starts_with("poplar; hit; ttl=-") && status.ends_with("detail=stale-if-error"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_byte_budget_holds_under_large_responses() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{ memory: 1MiB, max_entry: 512KiB }");
+    for i in 0..60 {
+        let resp = client()
+            .get(format!(
+                "{}/site/big{i}?cc=max-age=60&size=100000",
+                edge.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.bytes().await.unwrap().len(), 100_000);
+    }
+    let too_big = client()
+        .get(format!("{}/site/huge?cc=max-age=60&size=600000", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&too_big, "cache-status"),
+        "poplar; fwd=uri-miss; detail=too-large"
+    );
+    let stats = stats(admin).await;
+    let used = stats["cache"]["bytes_in_use"].as_u64().unwrap();
+    assert!(used <= 1 << 20, "{stats}");
+    assert!(stats["cache"]["entries"].as_u64().unwrap() < 60);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_by_prefix_task_and_route() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{}");
+    let get = |path: &str| client().get(format!("{}{path}", edge.base)).send();
+    let purge = |query: &str| {
+        client()
+            .post(format!("http://{admin}/purge?{query}"))
+            .send()
+    };
+    for path in [
+        "/site/a/1?cc=max-age=60",
+        "/site/a/2?cc=max-age=60",
+        "/site/b?cc=max-age=60",
+        "/hello/x",
+    ] {
+        get(path).await.unwrap();
+        assert_eq!(placement(&get(path).await.unwrap()), "cache", "{path}");
+    }
+    let purged: serde_json::Value = purge("prefix=/site/a").await.unwrap().json().await.unwrap();
+    assert_eq!(purged["purged"], 2);
+    assert_eq!(
+        header(
+            &get("/site/a/1?cc=max-age=60").await.unwrap(),
+            "cache-status"
+        ),
+        "poplar; fwd=uri-miss; stored"
+    );
+    assert_eq!(
+        placement(&get("/site/b?cc=max-age=60").await.unwrap()),
+        "cache"
+    );
+
+    let purged: serde_json::Value = purge("task=hello").await.unwrap().json().await.unwrap();
+    assert_eq!(purged["purged"], 1);
+    assert_ne!(placement(&get("/hello/x").await.unwrap()), "cache");
+    // Route 3 is /site.
+    let purged: serde_json::Value = purge("route=3").await.unwrap().json().await.unwrap();
+    assert_eq!(purged["purged"], 2);
+    assert_eq!(purge("nonsense").await.unwrap().status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_of_a_task_never_serves_old_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("task.wasm");
+    let dist = common::tasks_dir();
+    let config = |admin: SocketAddr| {
+        format!(
+            "role: edge\nlisten: LISTEN\nadmin: {{ listen: \"{admin}\" }}\ntasks:\n  t:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: t\n    cache: {{ ttl: 60s }}\n",
+            wasm.display()
+        )
+    };
+    std::fs::copy(dist.join("hello.wasm"), &wasm).unwrap();
+    let edge = start_edge(&config(free_addr()));
+    let old = client()
+        .get(format!("{}/x", edge.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(old.starts_with("Hello"));
+    drop(edge);
+
+    std::fs::copy(dist.join("echo.wasm"), &wasm).unwrap();
+    let edge = start_edge(&config(free_addr()));
+    let resp = client()
+        .get(format!("{}/x", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&resp, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    assert_eq!(header(&resp, "x-echo-path"), "/x");
+}
