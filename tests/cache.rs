@@ -203,7 +203,7 @@ async fn concurrent_misses_run_once() {
                 tokio::spawn(async move {
                     let resp = client()
                         .get(url)
-                        .header("x-echo-cache-control", "max-age=60")
+                        .header("x-echo-set-cache-control", "max-age=60")
                         .send()
                         .await
                         .unwrap();
@@ -308,7 +308,7 @@ async fn stale_if_error_serves_stale_when_the_region_is_down() {
     let url = format!("{}/echo/report", edge.base);
     let first = client()
         .get(&url)
-        .header("x-echo-cache-control", "max-age=1, stale-if-error=60")
+        .header("x-echo-set-cache-control", "max-age=1, stale-if-error=60")
         .send()
         .await
         .unwrap();
@@ -440,4 +440,62 @@ async fn a_new_version_of_a_task_never_serves_old_results() {
         "poplar; fwd=uri-miss; stored"
     );
     assert_eq!(header(&resp, "x-echo-path"), "/x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conditional_requests_and_invalidation() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    let url = format!("{}/hello/etag", edge.base);
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+
+    // With validators: the echo task sets the ETag and Last-Modified it is asked for.
+    let doc = format!("{}/echo/doc", edge.base);
+    let stored = client()
+        .get(&doc)
+        .header("x-echo-set-cache-control", "max-age=60")
+        .header("x-echo-set-etag", "\"v1\"")
+        .header("x-echo-set-last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&stored, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    let cases = [
+        ("if-none-match", "\"v1\"", 304),
+        ("if-none-match", "W/\"v1\", \"v0\"", 304),
+        ("if-none-match", "\"v2\"", 200),
+        ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT", 304),
+        ("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT", 200),
+    ];
+    for (name, value, want) in cases {
+        let resp = client().get(&doc).header(name, value).send().await.unwrap();
+        assert_eq!(resp.status(), want, "{name}: {value}");
+        assert_eq!(placement(&resp), "cache");
+        if want == 304 {
+            assert_eq!(header(&resp, "etag"), "\"v1\"");
+            assert_eq!(resp.bytes().await.unwrap().len(), 0);
+        }
+    }
+
+    // A successful POST to the URI invalidates what was stored for it.
+    let site = format!("{}/site/doc?cc=max-age=60", edge.base);
+    client().get(&site).send().await.unwrap();
+    assert_eq!(
+        placement(&client().get(&site).send().await.unwrap()),
+        "cache"
+    );
+    let post = client().post(&site).body("change").send().await.unwrap();
+    assert_eq!(header(&post, "cache-status"), "poplar; fwd=method");
+    let after = client().get(&site).send().await.unwrap();
+    assert_eq!(
+        header(&after, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
 }

@@ -285,6 +285,14 @@ impl Cache {
         kept
     }
 
+    /// Drops the entries of one key: a successful unsafe request (POST, PUT, DELETE...)
+    /// invalidates what was stored for its URI (RFC 9111, section 4.4).
+    pub fn invalidate(&self, key: &str) {
+        if self.store.remove(&key.to_string()).is_some() {
+            self.index().remove(key);
+        }
+    }
+
     /// Drops every entry that `what` names; returns how many.
     pub fn purge(&self, what: &Purge) -> usize {
         let mut index = self.index();

@@ -92,6 +92,9 @@ impl CacheCtx {
     /// Judges the response head; returns the `Cache-Status` to send with it.
     pub fn on_head(&mut self, cache: &Cache, head: &http::response::Parts) -> String {
         let mut detail = None;
+        if self.fwd == FWD_METHOD && (head.status.is_success() || head.status.is_redirection()) {
+            cache.invalidate(&self.filing.key);
+        }
         if self.storable {
             match policy::judge(&self.filing.request, head, self.ttl, SystemTime::now()) {
                 Ok(verdict) => {
@@ -195,8 +198,13 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             write(session, &entry, &status, now).await?;
             ctx.fwd = "stale";
             if let Turn::Lead(leader) = cache.locks.acquire(&ctx.filing.key) {
-                ctx.leader = Some(leader);
-                return Ok(Phase::Refresh(Box::new(ctx)));
+                // A refresh may have finished between the lookup and the lock.
+                let refreshed =
+                    cache.lookup(&ctx.filing.key, &ctx.filing.request, SystemTime::now());
+                if !matches!(refreshed, Lookup::Fresh(_)) {
+                    ctx.leader = Some(leader);
+                    return Ok(Phase::Refresh(Box::new(ctx)));
+                }
             }
             return Ok(Phase::Answered);
         }
@@ -280,6 +288,26 @@ async fn write(
     head.insert_header("content-length", entry.body.len())?;
     head.insert_header("x-poplar-placement", "cache")?;
     head.insert_header("cache-status", status.header())?;
+    if not_modified(session.req_header(), &entry.headers) {
+        let mut head = ResponseHeader::build(304, Some(8))?;
+        for name in [
+            "etag",
+            "cache-control",
+            "expires",
+            "vary",
+            "last-modified",
+            "content-location",
+            "date",
+        ] {
+            if let Some(value) = entry.headers.get(name) {
+                head.insert_header(name, value.clone())?;
+            }
+        }
+        head.insert_header("age", entry.age(now).to_string())?;
+        head.insert_header("x-poplar-placement", "cache")?;
+        head.insert_header("cache-status", status.header())?;
+        return session.write_response_header(Box::new(head), true).await;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     let end = head_only || entry.body.is_empty();
     session.write_response_header(Box::new(head), end).await?;
@@ -289,6 +317,33 @@ async fn write(
             .await?;
     }
     Ok(())
+}
+
+/// Whether a conditional GET or HEAD can be answered 304 from a stored response
+/// (RFC 9110, section 13): `If-None-Match` against its `ETag` (weak comparison), else
+/// `If-Modified-Since` against its `Last-Modified`.
+fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> bool {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return false;
+    }
+    let text = |map: &http::HeaderMap, name| {
+        map.get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Some(tags) = text(&req.headers, "if-none-match") {
+        let Some(etag) = text(stored, "etag") else {
+            return false;
+        };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        return tags
+            .split(',')
+            .any(|t| t.trim() == "*" || weak(t) == weak(&etag));
+    }
+    let since =
+        text(&req.headers, "if-modified-since").and_then(|d| httpdate::parse_http_date(&d).ok());
+    let modified = text(stored, "last-modified").and_then(|d| httpdate::parse_http_date(&d).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
 /// Concatenates chunks read for a pure route's body.
@@ -365,10 +420,16 @@ impl Edge {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
+        let method = if body.is_some() {
+            req.method.as_str()
+        } else {
+            "GET"
+        };
         let key = primary_key(&KeyParts {
             route: route.index,
             version,
-            method: req.method.as_str(),
+            method,
             host,
             path_and_query,
             body,

@@ -3,8 +3,8 @@
 //! The body comes back unchanged, with the request's `content-type`. The method and
 //! path come back as `x-echo-method` and `x-echo-path`, and every request header
 //! whose name starts with `x-echo-` is returned as it was sent. `?sleep_ms=N` waits N
-//! milliseconds (on a WASI clock) before answering: a slow task, for tests; and a request's
-//! `x-echo-cache-control` becomes the response's `cache-control`.
+//! milliseconds (on a WASI clock) before answering: a slow task, for tests; and a request header
+//! `x-echo-set-NAME: VALUE` becomes the response header `NAME: VALUE`.
 
 use wstd::http::{Body, Error, Request, Response};
 
@@ -32,8 +32,8 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         if name.as_str().starts_with("x-echo-") {
             response = response.header(name, value);
         }
-        if name.as_str() == "x-echo-cache-control" {
-            response = response.header("cache-control", value);
+        if let Some(set) = name.as_str().strip_prefix("x-echo-set-") {
+            response = response.header(set, value);
         }
     }
     Ok(response.body(Body::from(bytes))?)
