@@ -85,6 +85,13 @@ impl Entry {
         self.staleness(now) <= self.stale_if_error
     }
 
+    fn vary_matches(&self, req: &request::Parts) -> bool {
+        self.vary.iter().all(|(name, value)| {
+            let got = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+            got == value.as_deref()
+        })
+    }
+
     fn weight(&self) -> usize {
         let headers: usize = self
             .headers
@@ -143,7 +150,8 @@ pub enum Purge {
 }
 
 pub struct Cache {
-    store: TinyUfo<String, Arc<Bucket>>,
+    /// Keyed by a hash of the primary key; the bucket holds the key to rule out collisions.
+    store: TinyUfo<u64, Arc<Bucket>>,
     /// Every stored key with its tags and weight: purges walk it, evictions prune it.
     index: Mutex<HashMap<String, (Tags, u64)>>,
     pub locks: Arc<Locks>,
@@ -173,21 +181,18 @@ impl Cache {
 
     /// Looks `key` up for `req` (whose headers `Vary` may name).
     pub fn lookup(&self, key: &str, req: &request::Parts, now: SystemTime) -> Lookup {
-        let Some(bucket) = self.store.get(&key.to_string()).filter(|b| b.key == key) else {
+        let Some(bucket) = self.store.get(&hash(key)).filter(|b| b.key == key) else {
             return Lookup::Miss;
         };
-        // A HEAD is answered from a GET's entry: look it up as that GET.
-        let mut as_get;
-        let req = if req.method == http::Method::HEAD {
-            as_get = req.clone();
-            as_get.method = http::Method::GET;
-            &as_get
-        } else {
-            req
-        };
+        let plain = !req.headers.contains_key(http::header::CACHE_CONTROL)
+            && !req.headers.contains_key(http::header::PRAGMA);
         let mut stale = None;
-        for entry in bucket.variants.iter().rev() {
-            match entry.policy.before_request(req, now) {
+        for entry in bucket.variants.iter().rev().filter(|e| e.vary_matches(req)) {
+            // The common case, decided without the policy: no request directives, fresh.
+            if plain && now < entry.fresh_until {
+                return Lookup::Fresh(entry.clone());
+            }
+            match entry.policy.before_request(as_get(req).as_ref(), now) {
                 BeforeRequest::Fresh(_) => return Lookup::Fresh(entry.clone()),
                 BeforeRequest::Stale { matches: true, .. } => stale = stale.or(Some(entry.clone())),
                 BeforeRequest::Stale { matches: false, .. } => {}
@@ -249,10 +254,11 @@ impl Cache {
             vary: vary_values(req, head),
         });
         // Keep the other variants (other Vary values) that this one does not replace.
-        let mut variants: Vec<Arc<Entry>> = match self.store.get(key).filter(|b| b.key == *key) {
-            Some(bucket) => bucket.variants.clone(),
-            None => Vec::new(),
-        };
+        let mut variants: Vec<Arc<Entry>> =
+            match self.store.get(&hash(key)).filter(|b| b.key == *key) {
+                Some(bucket) => bucket.variants.clone(),
+                None => Vec::new(),
+            };
         variants.retain(|v| v.vary != entry.vary);
         variants.push(entry);
         if variants.len() > MAX_VARIANTS {
@@ -264,7 +270,7 @@ impl Cache {
             key: key.clone(),
             variants,
         });
-        let evicted = self.store.put(key.clone(), bucket, weight);
+        let evicted = self.store.put(hash(key), bucket, weight);
         let mut index = self.index();
         index.insert(
             key.clone(),
@@ -288,7 +294,7 @@ impl Cache {
     /// Drops the entries of one key: a successful unsafe request (POST, PUT, DELETE...)
     /// invalidates what was stored for its URI (RFC 9111, section 4.4).
     pub fn invalidate(&self, key: &str) {
-        if self.store.remove(&key.to_string()).is_some() {
+        if self.store.remove(&hash(key)).is_some() {
             self.index().remove(key);
         }
     }
@@ -306,7 +312,7 @@ impl Cache {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &doomed {
-            self.store.remove(key);
+            self.store.remove(&hash(key));
             index.remove(key);
         }
         doomed.len()
@@ -326,6 +332,22 @@ impl Cache {
             bytes_in_use: index.values().map(|(_, w)| w).sum(),
             bytes_limit: self.spec.memory,
         }
+    }
+}
+
+fn hash(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+}
+
+/// A HEAD is answered from a GET's entry: the policy is asked as for that GET.
+fn as_get(req: &request::Parts) -> std::borrow::Cow<'_, request::Parts> {
+    if req.method == http::Method::HEAD {
+        let mut get = req.clone();
+        get.method = http::Method::GET;
+        std::borrow::Cow::Owned(get)
+    } else {
+        std::borrow::Cow::Borrowed(req)
     }
 }
 

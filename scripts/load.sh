@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Loads the `hello` task route of a release build with wrk, side by side with the same
-# server's own 404 (a response written from request_filter: Poplar's ceiling), in one run.
+# Loads a release build with wrk, one scenario after another in one run: the server's own
+# 404 (a response written from request_filter: Poplar's ceiling), a cache hit, and the
+# `hello` task run inline (a fresh instance per request). Prints the ratios to the ceiling.
 #
-#   scripts/load-hello.sh [seconds] [connections]
+#   scripts/load.sh [seconds] [connections]
 #
 # Both servers run with RUST_BACKTRACE unset (this environment sets it to 1, which makes
 # Wasmtime capture a backtrace for every internal error) and Pingora with 1 worker thread.
@@ -29,6 +30,9 @@ tasks:
 routes:
   - match: { path_prefix: /hello }
     task: hello
+  - match: { path_prefix: /cached }
+    task: hello
+    cache: { ttl: 1h }
 YAML
 env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/bench.yaml" 2>"$work/server.log" &
 server=$!
@@ -51,12 +55,15 @@ run() { # name path
 echo "wrk -t1 -c$connections -d${duration}s; poplar with threads: 1; RUST_BACKTRACE unset; $(nproc) cores"
 printf '%-32s %12s %10s %10s  %s\n' scenario requests/s p50 p99 errors
 run "404 from request_filter" /nothing
+curl -s -o /dev/null "http://127.0.0.1:$port/cached?name=wrk"   # fill the entry
+run "cache hit (hello, 41 B)" "/cached?name=wrk"
 run "hello task inline" "/hello?name=wrk"
 python3 - "$work" <<'PY'
 import sys, pathlib
 w = pathlib.Path(sys.argv[1])
-ceiling = float((w / "404 from request_filter.rps").read_text())
-hello = float((w / "hello task inline.rps").read_text())
-print(f"hello / 404 ceiling: {hello / ceiling:.2f}")
+rps = lambda name: float((w / f"{name}.rps").read_text())
+ceiling = rps("404 from request_filter")
+print(f"cache hit / ceiling: {rps('cache hit (hello, 41 B)') / ceiling:.2f}")
+print(f"hello inline / ceiling: {rps('hello task inline') / ceiling:.2f}")
 PY
 echo "server RSS after the run: $(ps -o rss= -p $server) KiB"
