@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Poplar side by side with what an operator would otherwise deploy, in one run on one machine:
+#
+#   1. static: a response written from request_filter   vs  nginx `return 200`
+#   2. inline hot task (hello)                           vs  `wasmtime serve -S cli`, same component
+#   3. cache hit on a task route                         vs  nginx `proxy_cache` hit of the same response
+#   4. origin route (plain reverse proxy)                vs  nginx `proxy_pass`, same origin
+#   5. forwarded task, edge to region                    vs  the same task asked of the region directly
+#
+# Each scenario runs wrk with the same settings, one after another. Poplar runs with 1 worker
+# thread, nginx with 1 worker, wasmtime serve with its defaults (a tokio runtime on every
+# core); the origin is a separate nginx with 1 worker. Every server runs with RUST_BACKTRACE
+# unset. Prints one table and the ratios, and writes docs/BENCHMARKS.md's generated section
+# and docs/bench.svg.
+#
+#   scripts/bench.sh [seconds] [connections]        (defaults: 8 s, 32 connections)
+#
+# Needs wrk and nginx (installed from Debian's packages if missing) and wasmtime-cli at the
+# version Poplar embeds (built with `cargo install` into target/tools if missing: ~15 min once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+duration=${1:-8}
+connections=${2:-32}
+wasmtime_version=48.0.8
+
+scripts/setup.sh wrk nginx
+scripts/build-tasks.sh
+cargo build --release --quiet
+wasmtime="$root/target/tools/bin/wasmtime"
+if ! "$wasmtime" --version 2>/dev/null | grep -q "$wasmtime_version"; then
+  echo "bench: building wasmtime-cli $wasmtime_version (once)" >&2
+  cargo install --quiet wasmtime-cli --version "$wasmtime_version" --locked --root "$root/target/tools"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/nginx-ref.pid" ] && kill "$(cat "$work/nginx-ref.pid")" 2>/dev/null || true
+  [ -f "$work/nginx-origin.pid" ] && kill "$(cat "$work/nginx-origin.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() { # url
+  for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "bench: nothing answers $1" >&2; exit 1
+}
+
+edge=$(free_port); region=$(free_port); origin=$(free_port); wasmserve=$(free_port)
+nginx_static=$(free_port); nginx_proxy=$(free_port); nginx_cache=$(free_port)
+key="bench-forwarding-key-$(date +%s)"
+
+# The origin: its own nginx, one worker.
+mkdir -p "$work/cache"
+cat > "$work/nginx-origin.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-origin.pid;
+error_log $work/nginx-origin.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$origin; location / { return 200 "origin says hello\n"; } }
+}
+NGINX
+# The reference nginx: one worker, the three scenarios on three ports.
+cat > "$work/nginx-ref.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-ref.pid;
+error_log $work/nginx-ref.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  proxy_cache_path $work/cache levels=1:2 keys_zone=hits:10m max_size=100m inactive=1h use_temp_path=off;
+  upstream origin { server 127.0.0.1:$origin; keepalive 64; }
+  upstream poplar { server 127.0.0.1:$edge; keepalive 64; }
+  server { listen 127.0.0.1:$nginx_static; location / { return 200 "hello\n"; } }
+  server {
+    listen 127.0.0.1:$nginx_proxy;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_cache;
+    location / {
+      proxy_pass http://poplar; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache hits; proxy_cache_valid 200 1h;
+    }
+  }
+}
+NGINX
+
+cat > "$work/region.yaml" <<YAML
+role: region
+listen: "127.0.0.1:$region"
+threads: 1
+tasks:
+  hello: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 1s } }
+YAML
+cat > "$work/edge.yaml" <<YAML
+role: edge
+listen: "127.0.0.1:$edge"
+threads: 1
+regions:
+  region: { address: "127.0.0.1:$region" }
+tasks:
+  hello: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 100ms } }
+routes:
+  - match: { path_prefix: /hello }
+    task: hello
+    placement: edge
+  - match: { path_prefix: /cached }
+    task: hello
+    placement: edge
+    cache: { ttl: 1h }
+  - match: { path_prefix: /forwarded }
+    task: hello
+    placement: region
+  - match: { path_prefix: /origin }
+    origin: "127.0.0.1:$origin"
+YAML
+
+nginx -c "$work/nginx-origin.conf"
+nginx -c "$work/nginx-ref.conf"
+env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/region.yaml" 2>"$work/region.log" &
+pids+=($!); region_pid=$!
+env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge.yaml" 2>"$work/edge.log" &
+pids+=($!); edge_pid=$!
+env -u RUST_BACKTRACE "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve" tasks/dist/hello.wasm 2>"$work/wasmtime.log" >/dev/null &
+pids+=($!); wasmtime_pid=$!
+wait_for "http://127.0.0.1:$edge/hello"
+wait_for "http://127.0.0.1:$wasmserve/hello"
+wait_for "http://127.0.0.1:$nginx_static/"
+curl -s -o /dev/null "http://127.0.0.1:$edge/cached?name=wrk"
+curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
+curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
+
+# Signed headers for asking the region directly (valid for the region's 30 s clock skew,
+# so signed again before the scenario).
+signed_headers() {
+  python3 - "$key" <<'PY'
+import hashlib, hmac, sys, time
+key, ts = sys.argv[1].encode(), int(time.time())
+sig = hmac.new(key, f"poplar-v1\n{ts}\nGET\n/forwarded?name=wrk\nhello".encode(), hashlib.sha256).hexdigest()
+print(f"x-poplar-task: hello\nx-poplar-timestamp: {ts}\nx-poplar-signature: v1={sig}")
+PY
+}
+
+results="$work/results.tsv"
+: > "$results"
+run() { # scenario, server, pid, url, [header lines]
+  local args=(-t1 -c"$connections" -d"${duration}s" --latency)
+  while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done <<<"${5:-}"
+  local out
+  out=$(wrk "${args[@]}" "$4")
+  local rps p50 p99 errors rss
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Socket errors/ {print}' <<<"$out" | tr -s ' ')
+  rss=$(ps -o rss= -p "$3" | tr -d ' ')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p50" "$p99" "${errors:-none}" "$rss" >> "$results"
+  printf '%-10s %-34s %10s %9s %9s %8s KiB  %s\n' "$1" "$2" "$rps" "$p50" "$p99" "$rss" "${errors:-}"
+}
+nginx_ref_pid=$(cat "$work/nginx-ref.pid")
+echo "wrk -t1 -c$connections -d${duration}s, one scenario after another; $(nproc) cores; RUST_BACKTRACE unset"
+printf '%-10s %-34s %10s %9s %9s %12s\n' scenario server requests/s p50 p99 "server RSS"
+run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edge/none"
+run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"
+run inline "poplar hello inline" "$edge_pid" "http://127.0.0.1:$edge/hello?name=wrk"
+run inline "wasmtime serve -S cli" "$wasmtime_pid" "http://127.0.0.1:$wasmserve/hello?name=wrk"
+run cache "poplar cache hit" "$edge_pid" "http://127.0.0.1:$edge/cached?name=wrk"
+run cache "nginx proxy_cache hit" "$nginx_ref_pid" "http://127.0.0.1:$nginx_cache/cached?name=wrk"
+run origin "poplar origin route" "$edge_pid" "http://127.0.0.1:$edge/origin"
+run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/origin"
+run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
+run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
+
+python3 scripts/bench_report.py "$results" "$duration" "$connections" "$(nproc)" "$(uname -r)" \
+  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version"
