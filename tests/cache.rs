@@ -51,18 +51,6 @@ routes:
     ))
 }
 
-async fn stats(admin: SocketAddr) -> serde_json::Value {
-    let text = client()
-        .get(format!("http://{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_result_is_a_miss_then_a_hit() {
     let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -226,7 +214,7 @@ async fn concurrent_misses_run_once() {
     for h in burst("/echo/slow?sleep_ms=300".into()).into_iter() {
         bodies.push(h.await.unwrap());
     }
-    let stats = stats(admin).await;
+    let stats = common::admin_stats(admin).await;
     assert_eq!(stats["placements"]["echo"]["edge/pinned"], 1, "{stats}");
     assert!(stats["cache"]["coalesced_waits"].as_u64().unwrap() >= 99 + 99);
     let _ = bodies;
@@ -355,7 +343,7 @@ async fn the_byte_budget_holds_under_large_responses() {
         header(&too_big, "cache-status"),
         "poplar; fwd=uri-miss; detail=too-large"
     );
-    let stats = stats(admin).await;
+    let stats = common::admin_stats(admin).await;
     let used = stats["cache"]["bytes_in_use"].as_u64().unwrap();
     assert!(used <= 1 << 20, "{stats}");
     assert!(stats["cache"]["entries"].as_u64().unwrap() < 60);

@@ -511,10 +511,10 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     let edge = edge(&key, &[("only", region.addr)], setup);
 
     heat(&edge, "/hello").await;
-    let stats = fetch_stats(admin).await;
+    let stats = common::admin_stats(admin).await;
     assert_eq!(stats["tasks"]["hello"]["code"], "resident");
     heat(&edge, "/echo").await;
-    let stats = fetch_stats(admin).await;
+    let stats = common::admin_stats(admin).await;
     assert_eq!(stats["tasks"]["echo"]["code"], "resident");
     assert_eq!(
         stats["tasks"]["hello"]["code"], "absent",
@@ -534,16 +534,4 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     assert!(counts["region/cold"].as_u64().unwrap() >= 1, "{counts}");
     assert_eq!(stats["regions"][0]["name"], "only");
     assert_eq!(stats["regions"][0]["healthy"], true);
-}
-
-async fn fetch_stats(admin: SocketAddr) -> serde_json::Value {
-    let text = client()
-        .get(format!("http://{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
 }

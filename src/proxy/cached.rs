@@ -391,7 +391,7 @@ impl Edge {
         }
         let filing = self.filing(session, route, ctx.body.as_deref());
         let cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
-        match lookup(session, &self.cache, cache_ctx).await? {
+        match lookup(session, &self.parts.cache, cache_ctx).await? {
             Phase::Answered => Ok(true),
             Phase::Refresh(cache_ctx) => {
                 self.refresh(route, cache_ctx);
@@ -410,7 +410,7 @@ impl Edge {
         let (task, version) = match &route.target {
             Target::Task(name) => (
                 Some(name.clone()),
-                self.versions.get(name).map_or("", String::as_str),
+                self.parts.versions.get(name).map_or("", String::as_str),
             ),
             Target::Origin(_) => (None, ""),
         };
@@ -454,16 +454,17 @@ impl Edge {
                 addr: *addr,
                 extra: Vec::new(),
             },
-            Target::Task(name) if !self.regions.is_empty() => {
+            Target::Task(name) if !self.parts.regions.is_empty() => {
                 let home = route
                     .region
                     .as_deref()
-                    .and_then(|h| self.regions.index_of(h));
+                    .and_then(|h| self.parts.regions.index_of(h));
                 let region = self
+                    .parts
                     .regions
                     .choose(home, &[])
-                    .and_then(|i| self.regions.spec(i));
-                let (Some(region), Some(key)) = (region, &self.key) else {
+                    .and_then(|i| self.parts.regions.spec(i));
+                let (Some(region), Some(key)) = (region, &self.parts.key) else {
                     return;
                 };
                 let req = &cache_ctx.filing.request;
@@ -476,15 +477,15 @@ impl Edge {
                 }
             }
             Target::Task(name) => {
-                let Some(task) = self.placer.loaded(name) else {
+                let Some(task) = self.parts.placer.loaded(name) else {
                     return;
                 };
                 Source::Inline {
-                    runtime: self.placer.runtime().clone(),
+                    runtime: self.parts.placer.runtime().clone(),
                     task,
                 }
             }
         };
-        refresh::spawn(self.cache.clone(), cache_ctx, source);
+        refresh::spawn(self.parts.cache.clone(), cache_ctx, source);
     }
 }

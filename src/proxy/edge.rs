@@ -34,14 +34,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The edge proxy.
 pub struct Edge {
-    router: Router,
-    pub(super) placer: Arc<Placer>,
-    pub(super) regions: Arc<Regions>,
-    pub(super) key: Option<ForwardingKey>,
-    counters: Arc<Counters>,
-    pub(super) cache: Arc<Cache>,
-    /// Each task's version (the digest of its wasm), for cache keys.
-    pub(super) versions: HashMap<String, String>,
+    pub(super) parts: Parts,
     ids: RequestIds,
 }
 
@@ -79,23 +72,8 @@ struct Forward {
 
 impl Edge {
     pub fn new(parts: Parts) -> Edge {
-        let Parts {
-            router,
-            placer,
-            regions,
-            key,
-            counters,
-            cache,
-            versions,
-        } = parts;
         Edge {
-            router,
-            placer,
-            regions,
-            key,
-            counters,
-            cache,
-            versions,
+            parts,
             ids: RequestIds::new(),
         }
     }
@@ -109,42 +87,42 @@ impl Edge {
         mode: Mode,
         home: Option<&str>,
     ) -> Result<bool> {
-        let mode = if self.regions.is_empty() {
+        let mode = if self.parts.regions.is_empty() {
             Mode::Edge
         } else {
             mode
         };
         let body_len = task::declared_body_len(session.req_header());
-        let reason = match self.placer.place(name, mode, body_len) {
+        let reason = match self.parts.placer.place(name, mode, body_len) {
             Placement::Forward(reason) => reason,
             Placement::Inline { task, slot, reason } => {
                 let run = Inline {
-                    runtime: self.placer.runtime(),
+                    runtime: self.parts.placer.runtime(),
                     task: &task,
                     slot,
                     request_id: self.ids.next(),
                     placement: Some(format!("edge; reason={}", reason.as_str())),
                     may_fall_back: reason == Reason::Hot,
                     body: ctx.body.clone(),
-                    cache: ctx.cache.as_deref_mut().map(|c| (&*self.cache, c)),
+                    cache: ctx.cache.as_deref_mut().map(|c| (&*self.parts.cache, c)),
                 };
                 match task::serve(session, run).await? {
                     Served::Answered => {
-                        self.counters.count(name, Site::Edge, reason);
+                        self.parts.counters.count(name, Site::Edge, reason);
                         return Ok(true);
                     }
                     Served::FallBack => {
-                        self.placer.outgrew(name);
+                        self.parts.placer.outgrew(name);
                         Reason::Fallback
                     }
                 }
             }
         };
-        self.counters.count(name, Site::Region, reason);
+        self.parts.counters.count(name, Site::Region, reason);
         ctx.forward = Some(Forward {
             task: name.to_string(),
             reason,
-            home: home.and_then(|h| self.regions.index_of(h)),
+            home: home.and_then(|h| self.parts.regions.index_of(h)),
             attempt: None,
             tried: Vec::new(),
         });
@@ -152,8 +130,8 @@ impl Edge {
     }
 
     fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
-        let chosen = self.regions.choose(fwd.home, &fwd.tried);
-        let Some(spec) = chosen.and_then(|i| self.regions.spec(i).map(|s| (i, s))) else {
+        let chosen = self.parts.regions.choose(fwd.home, &fwd.tried);
+        let Some(spec) = chosen.and_then(|i| self.parts.regions.spec(i).map(|s| (i, s))) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no healthy region",
@@ -168,7 +146,7 @@ impl Edge {
     }
 
     fn sign(&self, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
-        let Some(key) = &self.key else {
+        let Some(key) = &self.parts.key else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no forwarding key",
@@ -209,7 +187,11 @@ impl ProxyHttp for Edge {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or(req.uri.host());
-        let Some(route) = self.router.route(host, req.uri.path(), req.method.as_str()) else {
+        let Some(route) = self
+            .parts
+            .router
+            .route(host, req.uri.path(), req.method.as_str())
+        else {
             respond::error(session, ErrorKind::NoRoute, "no route matches this request").await?;
             return Ok(true);
         };
@@ -255,9 +237,9 @@ impl ProxyHttp for Edge {
         if let Some(fwd) = &mut ctx.forward
             && let Some((i, _)) = fwd.attempt.take()
         {
-            self.regions.record_failure(i);
+            self.parts.regions.record_failure(i);
             fwd.tried.push(i);
-            if !self.regions.can_fail_over(&fwd.tried) {
+            if !self.parts.regions.can_fail_over(&fwd.tried) {
                 return Error::explain(
                     ErrorType::HTTPStatus(503),
                     "every region refused the connection",
@@ -301,18 +283,18 @@ impl ProxyHttp for Edge {
         if let Some(fwd) = &ctx.forward
             && let Some((i, sent)) = fwd.attempt
         {
-            self.regions.record_response(i, sent.elapsed());
-            let name = self.regions.spec(i).map_or("?", |s| s.name.as_str());
+            self.parts.regions.record_response(i, sent.elapsed());
+            let name = self.parts.regions.spec(i).map_or("?", |s| s.name.as_str());
             let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
             response.insert_header("x-poplar-placement", placement)?;
         }
         if let Some(cache) = &mut ctx.cache {
-            let status = cache.on_head(&self.cache, &response.as_owned_parts());
+            let status = cache.on_head(&self.parts.cache, &response.as_owned_parts());
             response.insert_header("cache-status", status)?;
             let length = response.headers.get(http::header::CONTENT_LENGTH);
             if length.is_some_and(|v| v.as_bytes() == b"0") {
                 // No body will pass the body filter: the answer is complete now.
-                cache.on_end(&self.cache);
+                cache.on_end(&self.parts.cache);
             }
         }
         Ok(())
@@ -327,10 +309,10 @@ impl ProxyHttp for Edge {
     ) -> Result<Option<Duration>> {
         if let Some(cache) = &mut ctx.cache {
             if let Some(chunk) = body {
-                cache.on_body(&self.cache, chunk);
+                cache.on_body(&self.parts.cache, chunk);
             }
             if end_of_stream {
-                cache.on_end(&self.cache);
+                cache.on_end(&self.parts.cache);
             }
         }
         Ok(None)
@@ -348,7 +330,8 @@ impl ProxyHttp for Edge {
             };
         };
         if let Some(cache) = &ctx.cache
-            && let Some(status) = cached::serve_stale_on_error(session, &self.cache, cache).await
+            && let Some(status) =
+                cached::serve_stale_on_error(session, &self.parts.cache, cache).await
         {
             log::warn!("served a stale response: {e}");
             return FailToProxy {

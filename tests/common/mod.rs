@@ -187,3 +187,13 @@ pub fn placement(resp: &reqwest::Response) -> String {
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default()
 }
+
+/// `GET /stats` from an admin endpoint.
+pub async fn admin_stats(admin: SocketAddr) -> serde_json::Value {
+    let resp = client()
+        .get(format!("http://{admin}/stats"))
+        .send()
+        .await
+        .expect("admin answers");
+    serde_json::from_str(&resp.text().await.expect("stats body")).expect("stats are JSON")
+}
