@@ -334,8 +334,9 @@ fn print_guide(addrs: &DemoAddrs) {
     println!("Poplar demo is up.");
     println!("  edge     {base}");
     println!(
-        "           /hello (auto, home region {east}), /echo (auto), /json (always in a region), / (origin)"
+        "           /hello (auto, home region {east}), /echo (auto), /json (always in a region),"
     );
+    println!("           /cached (hello, results cached 30 s), / (origin)");
     println!("  regions  {east} http://{east_addr}, {west} http://{west_addr}");
     println!("  origin   http://{}", addrs.origin);
     println!("  admin    http://{}/stats", addrs.admin);
