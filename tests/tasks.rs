@@ -100,3 +100,31 @@ async fn json_transform_transforms_and_rejects_bad_json() {
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST, PUT");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_tasks_can_share_one_build() {
+    // 200 tasks from one wasm compile once; each is still its own task and route.
+    let mut yaml = String::from("role: edge\nlisten: LISTEN\nthreads: 2\ntasks:\n");
+    for i in 0..200 {
+        yaml += &format!("  t{i}: {{ wasm: hello.wasm }}\n");
+    }
+    yaml += "routes:\n";
+    for i in 0..200 {
+        yaml += &format!("  - match: {{ path_prefix: /t/{i} }}\n    task: t{i}\n");
+    }
+    let edge = start_edge(&yaml);
+    for i in [0, 57, 199] {
+        let resp = client()
+            .get(format!("{}/t/{i}?name=n{i}", edge.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .starts_with(&format!("Hello, n{i}!"))
+        );
+    }
+}

@@ -8,6 +8,7 @@
 mod exec;
 mod host;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,32 +91,51 @@ impl Runtime {
 
     /// Compiles and links a task. This is slow (milliseconds to seconds): never on a request.
     pub fn load(&self, spec: &TaskSpec) -> Result<Task, LoadError> {
-        let bytes = std::fs::read(&spec.wasm).map_err(|source| LoadError::Read {
-            path: spec.wasm.display().to_string(),
-            source,
-        })?;
+        let bytes = read(spec)?;
         self.load_bytes(&spec.name, &bytes, spec.limits)
     }
 
     pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Task, LoadError> {
+        let component = self.compile(bytes)?;
+        self.link(name, digest(bytes), &component, limits)
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        Component::new(&self.engine, bytes).map_err(LoadError::Compile)
+    }
+
+    /// Makes a task of a compiled component (several tasks may share one).
+    fn link(
+        &self,
+        name: &str,
+        digest: String,
+        component: &Component,
+        limits: Limits,
+    ) -> Result<Task, LoadError> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(LoadError::Link)?;
         let pre = ProxyPre::new(pre).map_err(LoadError::Link)?;
         let code = component.image_range();
         Ok(Task {
             name: name.to_string(),
             code_bytes: (code.end as usize).saturating_sub(code.start as usize) as u64,
-            digest: digest(bytes),
+            digest,
             limits,
             pre,
         })
     }
+}
+
+fn read(spec: &TaskSpec) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(&spec.wasm).map_err(|source| LoadError::Read {
+        path: spec.wasm.display().to_string(),
+        source,
+    })
 }
 
 fn engine_config(capacity: Capacity) -> wasmtime::Config {
@@ -209,10 +229,22 @@ pub fn load_all<'a>(
     runtime: &Runtime,
     specs: impl IntoIterator<Item = &'a TaskSpec>,
 ) -> (Vec<Arc<Task>>, Vec<(String, LoadError)>) {
+    // Tasks built from the same wasm share one compilation.
+    let mut compiled: HashMap<String, Component> = HashMap::new();
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     for spec in specs {
-        match runtime.load(spec) {
+        let task = read(spec).and_then(|bytes| {
+            let digest = digest(&bytes);
+            let component = match compiled.get(&digest) {
+                Some(component) => component.clone(),
+                None => runtime.compile(&bytes)?,
+            };
+            let task = runtime.link(&spec.name, digest.clone(), &component, spec.limits)?;
+            compiled.insert(digest, component);
+            Ok(task)
+        });
+        match task {
             Ok(task) => loaded.push(Arc::new(task)),
             Err(e) => failed.push((spec.name.clone(), e)),
         }
