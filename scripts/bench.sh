@@ -6,6 +6,9 @@
 #   3. cache hit on a task route                         vs  nginx `proxy_cache` hit of the same response
 #   4. origin route (plain reverse proxy)                vs  nginx `proxy_pass`, same origin
 #   5. forwarded task, edge to region                    vs  the same task asked of the region directly
+#   6. mixed: requests spread over 1,000 tasks with a Zipf distribution (scripts/zipf.lua),
+#      two regions behind relays adding 20 ms and 60 ms round trips (examples/relay.rs):
+#      placement auto vs all at the edge vs all in a region, same wrk settings
 #
 # Each scenario runs wrk with the same settings, one after another. Poplar runs with 1 worker
 # thread, nginx with 1 worker, wasmtime serve with its defaults (a tokio runtime on every
@@ -26,7 +29,7 @@ wasmtime_version=48.0.8
 
 scripts/setup.sh wrk nginx
 scripts/build-tasks.sh
-cargo build --release --quiet
+cargo build --release --quiet --bin poplar --example relay
 wasmtime="$root/target/tools/bin/wasmtime"
 if ! "$wasmtime" --version 2>/dev/null | grep -q "$wasmtime_version"; then
   echo "bench: building wasmtime-cli $wasmtime_version (once)" >&2
@@ -176,5 +179,67 @@ run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/or
 run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
 run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
 
+# 6. Mixed: 1,000 tasks (one build), Zipf traffic, far regions.
+tasks=1000
+mixed="$work/mixed.tsv"
+: > "$mixed"
+for r in near far; do
+  {
+    echo "role: region"; echo "listen: \"127.0.0.1:$(free_port)\""; echo "threads: 1"; echo "tasks:"
+    for i in $(seq 0 $((tasks - 1))); do
+      echo "  t$i: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 1s } }"
+    done
+  } > "$work/region-$r.yaml"
+done
+region_near=$(awk -F'"' '/^listen/ {print $2}' "$work/region-near.yaml")
+region_far=$(awk -F'"' '/^listen/ {print $2}' "$work/region-far.yaml")
+for r in near far; do
+  env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/region-$r.yaml" 2>"$work/region-$r.log" &
+  pids+=($!)
+done
+relay_near=$(free_port); relay_far=$(free_port)
+target/release/examples/relay --listen "127.0.0.1:$relay_near" --to "$region_near" --delay-ms 20 & pids+=($!)
+target/release/examples/relay --listen "127.0.0.1:$relay_far" --to "$region_far" --delay-ms 60 & pids+=($!)
+wait_for "http://$region_near/_poplar/health"
+wait_for "http://$region_far/_poplar/health"
+echo
+echo "mixed: $tasks tasks, Zipf 1.1, regions 20 ms and 60 ms away; wrk -t1 -c$connections -d${duration}s"
+printf '%-8s %10s %9s %9s %10s  %s\n' placement requests/s p50 p99 "edge RSS" "placements"
+for mode in auto edge region; do
+  port=$(free_port); admin=$(free_port)
+  {
+    echo "role: edge"; echo "listen: \"127.0.0.1:$port\""; echo "threads: 1"
+    echo "admin: { listen: \"127.0.0.1:$admin\" }"
+    echo "placement: { hot_threshold: 5, max_inline: 64, max_resident: 64 }"
+    echo "regions:"
+    echo "  near: { address: \"127.0.0.1:$relay_near\" }"
+    echo "  far: { address: \"127.0.0.1:$relay_far\" }"
+    echo "tasks:"
+    for i in $(seq 0 $((tasks - 1))); do
+      echo "  t$i: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 50ms } }"
+    done
+    echo "routes:"
+    for i in $(seq 0 $((tasks - 1))); do
+      echo "  - { match: { path_prefix: /t/$i }, task: t$i, placement: $mode }"
+    done
+  } > "$work/edge-$mode.yaml"
+  env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge-$mode.yaml" 2>"$work/edge-$mode.log" &
+  mixed_pid=$!
+  wait_for "http://127.0.0.1:$port/t/0"
+  out=$(ZIPF_TASKS=$tasks wrk -t1 -c"$connections" -d"${duration}s" --latency -s scripts/zipf.lua "http://127.0.0.1:$port")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  rss=$(ps -o rss= -p "$mixed_pid" | tr -d ' ')
+  placements=$(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
+c=collections.Counter()
+for t in json.load(sys.stdin)["placements"].values():
+    c.update(t)
+print(" ".join(f"{k}={v}" for k,v in sorted(c.items())))')
+  kill "$mixed_pid"; wait "$mixed_pid" 2>/dev/null || true
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" >> "$mixed"
+  printf '%-8s %10s %9s %9s %7s KiB  %s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements"
+done
+
 python3 scripts/bench_report.py "$results" "$duration" "$connections" "$(nproc)" "$(uname -r)" \
-  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version"
+  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed"

@@ -39,6 +39,8 @@ pub struct Placer {
     runtime: Arc<Runtime>,
     tasks: HashMap<String, Arc<TaskEntry>>,
     resident: Mutex<ResidentSet>,
+    /// One background compile at a time.
+    compiler: Arc<tokio::sync::Semaphore>,
 }
 
 struct TaskEntry {
@@ -122,6 +124,7 @@ impl Placer {
             runtime,
             tasks,
             resident,
+            compiler: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -213,6 +216,8 @@ impl Placer {
             .map_or(0.0, |e| lock(&e.state).hotness.rate(now))
     }
 
+    /// Compiles a promoted task off the request path. Compiles run one at a time: a burst of
+    /// promotions must not take the cores from the traffic (the tasks stay `warming`).
     fn compile(self: &Arc<Self>, entry: Arc<TaskEntry>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
@@ -222,9 +227,16 @@ impl Placer {
             "task {} turned hot: compiling it at the edge",
             entry.spec.name
         );
-        handle.spawn_blocking(move || {
-            let loaded = placer.runtime.load(&entry.spec);
-            placer.finish_compile(&entry, loaded);
+        handle.spawn(async move {
+            let Ok(_turn) = placer.compiler.clone().acquire_owned().await else {
+                return;
+            };
+            let worker = placer.clone();
+            let compiled = tokio::task::spawn_blocking(move || {
+                let loaded = worker.runtime.load(&entry.spec);
+                worker.finish_compile(&entry, loaded);
+            });
+            let _ = compiled.await;
         });
     }
 
