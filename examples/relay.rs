@@ -5,10 +5,10 @@
 //!   cargo run --release --example relay -- --listen 127.0.0.1:9100 --to 127.0.0.1:8181 --delay-ms 20
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -23,35 +23,12 @@ async fn main() -> std::io::Result<()> {
         .and_then(|a| a.parse().ok())
         .expect("--listen ADDR");
     let target: SocketAddr = arg("--to").and_then(|a| a.parse().ok()).expect("--to ADDR");
-    let delay = Duration::from_millis(arg("--delay-ms").and_then(|d| d.parse().ok()).unwrap_or(0));
+    let delay_ms = Arc::new(AtomicU64::new(
+        arg("--delay-ms").and_then(|d| d.parse().ok()).unwrap_or(0),
+    ));
     let listener = TcpListener::bind(listen).await?;
     loop {
         let (client, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let Ok(upstream) = TcpStream::connect(target).await else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = upstream.set_nodelay(true);
-            let (mut cr, mut cw) = client.into_split();
-            let (mut ur, mut uw) = upstream.into_split();
-            let up = async move {
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n) = cr.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    if uw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = uw.shutdown().await;
-            };
-            let down = async move {
-                let _ = tokio::io::copy(&mut ur, &mut cw).await;
-            };
-            tokio::join!(up, down);
-        });
+        tokio::spawn(poplar::demo::relay(client, target, delay_ms.clone()));
     }
 }

@@ -163,6 +163,37 @@ async fn answer(
     Ok(response.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()))))
 }
 
+/// Relays one connection to `target`, holding each chunk sent towards it for `delay_ms`
+/// (read for every chunk, so it can change while the connection lives); replies pass straight
+/// back. It puts a region "far away" on loopback, for tests and benchmarks.
+pub async fn relay(client: tokio::net::TcpStream, target: SocketAddr, delay_ms: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = client_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let ms = delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            if upstream_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = upstream_write.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+    };
+    tokio::join!(up, down);
+}
+
 /// The example tasks the demo serves, by name, with the file each is built to.
 pub const DEMO_TASKS: &[(&str, &str)] = &[
     ("hello", "hello.wasm"),

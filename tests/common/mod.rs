@@ -124,7 +124,7 @@ impl Relay {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let accept = async {
                     while let Ok((client, _)) = listener.accept().await {
-                        tokio::spawn(relay(client, target, delay.clone()));
+                        tokio::spawn(poplar::demo::relay(client, target, delay.clone()));
                     }
                 };
                 tokio::select! {
@@ -151,33 +151,6 @@ impl Drop for Relay {
             let _ = stop.send(());
         }
     }
-}
-
-async fn relay(client: tokio::net::TcpStream, target: SocketAddr, delay: Arc<AtomicU64>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
-        return;
-    };
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.into_split();
-    let up = async move {
-        let mut buf = vec![0u8; 16 << 10];
-        while let Ok(n) = cr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            let ms = delay.load(Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            if uw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = uw.shutdown().await;
-    };
-    let down = async move {
-        let _ = tokio::io::copy(&mut ur, &mut cw).await;
-    };
-    tokio::join!(up, down);
 }
 
 /// The `x-poplar-placement` of a response, or "" if it has none.
