@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -178,6 +179,10 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> Ctx {
         Ctx::default()
     }
+
+    /// No downstream modules: Pingora's default adds a response-compression module that is
+    /// switched off yet still runs per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         strip_poplar_headers(session.req_header_mut());

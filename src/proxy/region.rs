@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -84,6 +85,10 @@ impl ProxyHttp for RegionServer {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    /// No downstream modules: Pingora's default adds a response-compression module that is
+    /// switched off yet still runs per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         if session.req_header().uri.path() == HEALTH_PATH {
