@@ -1,13 +1,15 @@
 //! One execution: a fresh store and instance for one request, run under the task's memory
 //! cap and deadline, with the response head and body handed back as they are produced.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tokio::task::JoinHandle;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::WasiHttpView;
@@ -53,21 +55,17 @@ pub struct GuestResponse {
     run: Run,
 }
 
-/// The spawned execution. Dropping it stops the guest.
+/// The execution, driven by whoever awaits the response: the guest runs in the request's
+/// own task, no hop to another. Dropping it stops the guest and frees its instance.
 struct Run {
-    handle: JoinHandle<Outcome>,
+    guest: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+    outcome: Option<Outcome>,
     deadline: tokio::time::Instant,
 }
 
 struct Outcome {
     result: wasmtime::Result<()>,
     memory_hit: bool,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
 }
 
 impl Task {
@@ -119,7 +117,7 @@ impl Task {
             prepared.map_err(|e: wasmtime::Error| TaskError::Host(format!("{e:#}")))?;
 
         let pre = self.pre.clone();
-        let handle = tokio::spawn(async move {
+        let guest = async move {
             let _slot = slot;
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -131,16 +129,13 @@ impl Task {
             .await;
             let memory_hit = store.data().limiter.hit;
             Outcome { result, memory_hit }
-        });
+        };
         let mut run = Run {
-            handle,
+            guest: Some(Box::pin(guest)),
+            outcome: None,
             deadline: tokio::time::Instant::from_std(deadline),
         };
-
-        let answered = tokio::select! {
-            answered = rx => answered,
-            () = tokio::time::sleep_until(run.deadline) => return Err(TaskError::Deadline),
-        };
+        let answered = run.drive(rx).await?;
         match answered {
             Ok(Ok(response)) => {
                 let (head, body) = response.into_parts();
@@ -156,12 +151,10 @@ impl GuestResponse {
     /// The next piece of the body, or `None` at its end. Trailers are dropped.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, TaskError> {
         loop {
-            let frame = tokio::time::timeout_at(self.run.deadline, self.body.frame()).await;
-            let frame = match frame {
-                Err(_) => return Err(TaskError::Deadline),
-                Ok(None) => return Ok(None),
-                Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(e))) => {
+            let frame = match self.run.drive(self.body.frame()).await? {
+                None => return Ok(None),
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
                     let body_error = TaskError::Trap(format!("response body failed: {e}"));
                     return Err(self.run.failure().await.unwrap_or(body_error));
                 }
@@ -193,16 +186,46 @@ impl GuestResponse {
 }
 
 impl Run {
+    /// Runs the guest until `wanted` is ready, or the deadline passes.
+    async fn drive<F: Future + Unpin>(&mut self, mut wanted: F) -> Result<F::Output, TaskError> {
+        let deadline = tokio::time::sleep_until(self.deadline);
+        tokio::pin!(deadline);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = Pin::new(&mut wanted).poll(cx) {
+                return Poll::Ready(Ok(out));
+            }
+            if let Some(guest) = self.guest.as_mut()
+                && let Poll::Ready(outcome) = guest.as_mut().poll(cx)
+            {
+                // The guest is done (its store dropped): what it left may be ready now.
+                self.outcome = Some(outcome);
+                self.guest = None;
+                if let Poll::Ready(out) = Pin::new(&mut wanted).poll(cx) {
+                    return Poll::Ready(Ok(out));
+                }
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(TaskError::Deadline));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Why the guest failed, once it has stopped; `None` if it ended without an error.
     async fn failure(&mut self) -> Option<TaskError> {
-        match tokio::time::timeout_at(self.deadline, &mut self.handle).await {
-            Err(_) => Some(TaskError::Deadline),
-            Ok(Err(join)) => Some(TaskError::Host(join.to_string())),
-            Ok(Ok(Outcome { result: Ok(()), .. })) => None,
-            Ok(Ok(Outcome {
+        if let Some(guest) = self.guest.take() {
+            match tokio::time::timeout_at(self.deadline, guest).await {
+                Ok(outcome) => self.outcome = Some(outcome),
+                Err(_) => return Some(TaskError::Deadline),
+            }
+        }
+        match self.outcome.take()? {
+            Outcome { result: Ok(()), .. } => None,
+            Outcome {
                 result: Err(e),
                 memory_hit,
-            })) => Some(classify(&e, memory_hit)),
+            } => Some(classify(&e, memory_hit)),
         }
     }
 }
