@@ -62,8 +62,4 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         self.status_and_name().0
     }
-
-    pub fn name(self) -> &'static str {
-        self.status_and_name().1
-    }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -346,13 +346,6 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> 
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
-/// Concatenates chunks read for a pure route's body.
-pub fn join(chunks: Vec<Bytes>) -> Bytes {
-    let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-    chunks.iter().for_each(|c| all.extend_from_slice(c));
-    all.freeze()
-}
-
 /// The most body read before placement to key a pure route (Pingora can replay that much).
 const KEYED_BODY: u64 = 64 << 10;
 
@@ -381,7 +374,7 @@ impl Edge {
                     while let Some(chunk) = session.read_request_body().await? {
                         chunks.push(chunk);
                     }
-                    ctx.body = Some(join(chunks));
+                    ctx.body = Some(task::concat(chunks));
                     storable = true;
                 }
                 _ => (fwd, storable) = (FWD_BYPASS, false),

@@ -80,7 +80,7 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
             let mut response = task.call(slot, request, "refresh".into()).await?;
             let (chunks, complete) = response.collect_up_to(usize::MAX).await?;
             anyhow::ensure!(complete, "body not complete");
-            Ok((response.head.clone(), super::cached::join(chunks)))
+            Ok((response.head.clone(), super::task::concat(chunks)))
         }
     }
 }

@@ -269,7 +269,8 @@ fn response_head(
     Ok(head)
 }
 
-fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+/// Joins body chunks into one, without copying when there is only one.
+pub(super) fn concat(mut chunks: Vec<Bytes>) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.swap_remove(0),
