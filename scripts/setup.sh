@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing Poplar needs on a fresh machine that has only Rust
-# (by rustup): cmake for pingora's zlib-ng, and the wasm32-wasip2 target for the tasks.
+# (by rustup): cmake for pingora's zlib-ng, make for jemalloc, and the wasm32-wasip2 target
+# for the tasks.
 # Extra Debian packages to install can be named as arguments (wrk for the load scripts).
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v make >/dev/null 2>&1 || need+=(make)
 for pkg in "$@"; do
   command -v "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

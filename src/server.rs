@@ -29,7 +29,7 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 /// Builds the server for `config`: compiles the tasks it needs at start (slow: seconds for
 /// big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(config, false));
     server.bootstrap();
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
@@ -230,7 +230,14 @@ fn capacity(config: &Config) -> Capacity {
 
 /// Pingora's settings, derived from ours. The grace period after SIGTERM only needs to
 /// outlast the longest task deadline.
-fn server_conf(config: &Config) -> ServerConf {
+///
+/// `poplar serve` runs one single-threaded runtime per thread, as nginx runs one event loop
+/// per worker: a request stays on the thread that accepted it, with no cross-thread wakeups
+/// (+16% requests/s on the origin route, docs/BENCHMARKS.md). Guests yield at every epoch
+/// tick, so none holds its thread. Servers started and stopped within one process
+/// ([`Running`]) use work stealing instead: Pingora 0.9 can hand a new no-steal runtime the
+/// handles of one already shut down (cloudflare/pingora#981), and its services then exit.
+fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
     let longest = config
         .tasks
         .values()
@@ -241,6 +248,7 @@ fn server_conf(config: &Config) -> ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(longest.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(2),
+        work_stealing,
         ..ServerConf::default()
     }
 }
@@ -256,7 +264,8 @@ pub struct Running {
 impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
-        let server = build(config, source)?;
+        let mut server = build(config, source)?;
+        server.configuration = Arc::new(server_conf(config, true));
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("poplar {}", config.listen))

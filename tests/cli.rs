@@ -121,7 +121,7 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let file = write_config(
         dir.path(),
         &format!(
-            "role: edge\nlisten: \"{addr}\"\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
+            "role: edge\nlisten: \"{addr}\"\nthreads: 2\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
             wasm.display()
         ),
     );
