@@ -19,6 +19,7 @@ fn arg(name: &str) -> Option<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let listen: SocketAddr = arg("--listen")
         .and_then(|a| a.parse().ok())
         .expect("--listen ADDR");

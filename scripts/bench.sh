@@ -6,17 +6,21 @@
 #   3. cache hit on a task route                         vs  nginx `proxy_cache` hit of the same response
 #   4. origin route (plain reverse proxy)                vs  nginx `proxy_pass`, same origin
 #   5. forwarded task, edge to region                    vs  the same task asked of the region directly
-#   6. mixed: requests spread over 1,000 tasks with a Zipf distribution (scripts/zipf.lua),
-#      two regions behind relays adding 20 ms and 60 ms round trips (examples/relay.rs):
-#      placement auto vs all at the edge vs all in a region, same wrk settings
+#   6. mixed: requests spread over 1,000 distinct tasks (1,000 builds of hello, told apart by
+#      a custom section, so each is compiled and held on its own) with a Zipf distribution
+#      (scripts/zipf.lua), two regions behind relays adding 20 ms and 60 ms round trips
+#      (examples/relay.rs): placement auto vs all at the edge vs all in a region, each offered
+#      the same fixed request rate (MIXED_RATE, default 2000/s, over 512 connections)
 #
-# Each scenario runs wrk with the same settings, one after another. Poplar runs with 1 worker
-# thread, nginx with 1 worker, wasmtime serve with its defaults (a tokio runtime on every
-# core); the origin is a separate nginx with 1 worker. Every server runs with RUST_BACKTRACE
-# unset. Prints one table and the ratios, and writes docs/BENCHMARKS.md's generated section
-# and docs/bench.svg.
+# Scenarios 1-5 run wrk with the same settings, one after another. Every server gets 1 worker
+# thread: Poplar `threads: 1`, nginx 1 worker, wasmtime serve TOKIO_WORKER_THREADS=1 (also
+# measured with its default, a tokio worker per core, for reference); the origin is a separate
+# nginx with 1 worker. Every server runs with RUST_BACKTRACE unset. Prints one table and the
+# ratios, and writes docs/BENCHMARKS.md's generated section and docs/bench.svg.
 #
 #   scripts/bench.sh [seconds] [connections]        (defaults: 8 s, 32 connections)
+#   BENCH_SCENARIOS="inline mixed" scripts/bench.sh  runs only those (the report then only
+#                                                    has them: do not commit it)
 #
 # Needs wrk and nginx (installed from Debian's packages if missing) and wasmtime-cli at the
 # version Poplar embeds (built with `cargo install` into target/tools if missing: ~15 min once).
@@ -46,8 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { # url
-  for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+wait_for() { # url (patience: tenths of a second, default 200)
+  for _ in $(seq "${patience:-200}"); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
   echo "bench: nothing answers $1" >&2; exit 1
 }
 
@@ -129,10 +133,14 @@ env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/
 pids+=($!); region_pid=$!
 env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge.yaml" 2>"$work/edge.log" &
 pids+=($!); edge_pid=$!
-env -u RUST_BACKTRACE "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve" tasks/dist/hello.wasm 2>"$work/wasmtime.log" >/dev/null &
+env -u RUST_BACKTRACE TOKIO_WORKER_THREADS=1 "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve" tasks/dist/hello.wasm 2>"$work/wasmtime.log" >/dev/null &
 pids+=($!); wasmtime_pid=$!
+wasmserve_default=$(free_port)
+env -u RUST_BACKTRACE "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve_default" tasks/dist/hello.wasm 2>"$work/wasmtime-default.log" >/dev/null &
+pids+=($!); wasmtime_default_pid=$!
 wait_for "http://127.0.0.1:$edge/hello"
 wait_for "http://127.0.0.1:$wasmserve/hello"
+wait_for "http://127.0.0.1:$wasmserve_default/hello"
 wait_for "http://127.0.0.1:$nginx_static/"
 curl -s -o /dev/null "http://127.0.0.1:$edge/cached?name=wrk"
 curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
@@ -151,7 +159,10 @@ PY
 
 results="$work/results.tsv"
 : > "$results"
+scenarios=${BENCH_SCENARIOS:-static inline cache origin forward mixed}
+wanted() { [[ " $scenarios " == *" $1 "* ]]; }
 run() { # scenario, server, pid, url, [header lines]
+  wanted "$1" || return 0
   local args=(-t1 -c"$connections" -d"${duration}s" --latency)
   while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done <<<"${5:-}"
   local out
@@ -172,6 +183,7 @@ run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edg
 run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"
 run inline "poplar hello inline" "$edge_pid" "http://127.0.0.1:$edge/hello?name=wrk"
 run inline "wasmtime serve -S cli" "$wasmtime_pid" "http://127.0.0.1:$wasmserve/hello?name=wrk"
+run inline "wasmtime serve, default threads" "$wasmtime_default_pid" "http://127.0.0.1:$wasmserve_default/hello?name=wrk"
 run cache "poplar cache hit" "$edge_pid" "http://127.0.0.1:$edge/cached?name=wrk"
 run cache "nginx proxy_cache hit" "$nginx_ref_pid" "http://127.0.0.1:$nginx_cache/cached?name=wrk"
 run origin "poplar origin route" "$edge_pid" "http://127.0.0.1:$edge/origin"
@@ -179,15 +191,36 @@ run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/or
 run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
 run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
 
-# 6. Mixed: 1,000 tasks (one build), Zipf traffic, far regions.
+# 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.
 tasks=1000
+rate=${MIXED_RATE:-2000}
+mixed_connections=512
 mixed="$work/mixed.tsv"
 : > "$mixed"
+if wanted mixed; then
+python3 - tasks/dist/hello.wasm "$work/variants" "$tasks" <<'PY'
+# Build i of hello: the same component plus a custom section naming i. Every build has its own
+# digest, so Poplar (like any wasm host) compiles and keeps each one on its own.
+import pathlib, sys
+base, out, n = pathlib.Path(sys.argv[1]).read_bytes(), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+def leb(v):
+    b = bytearray()
+    while True:
+        byte, v = v & 0x7F, v >> 7
+        b.append(byte | (0x80 if v else 0))
+        if not v:
+            return bytes(b)
+out.mkdir(parents=True)
+name = b"poplar-bench-build"
+for i in range(n):
+    payload = leb(len(name)) + name + str(i).encode()
+    (out / f"t{i}.wasm").write_bytes(base + b"\x00" + leb(len(payload)) + payload)
+PY
 for r in near far; do
   {
     echo "role: region"; echo "listen: \"127.0.0.1:$(free_port)\""; echo "threads: 1"; echo "tasks:"
     for i in $(seq 0 $((tasks - 1))); do
-      echo "  t$i: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 1s } }"
+      echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: { memory: 16MiB, timeout: 1s } }"
     done
   } > "$work/region-$r.yaml"
 done
@@ -200,46 +233,60 @@ done
 relay_near=$(free_port); relay_far=$(free_port)
 target/release/examples/relay --listen "127.0.0.1:$relay_near" --to "$region_near" --delay-ms 20 & pids+=($!)
 target/release/examples/relay --listen "127.0.0.1:$relay_far" --to "$region_far" --delay-ms 60 & pids+=($!)
-wait_for "http://$region_near/_poplar/health"
-wait_for "http://$region_far/_poplar/health"
 echo
-echo "mixed: $tasks tasks, Zipf 1.1, regions 20 ms and 60 ms away; wrk -t1 -c$connections -d${duration}s"
-printf '%-8s %10s %9s %9s %10s  %s\n' placement requests/s p50 p99 "edge RSS" "placements"
+echo "mixed: starting two regions with $tasks distinct tasks each (each compiles all of them)"
+patience=3000 wait_for "http://$region_near/_poplar/health"
+patience=3000 wait_for "http://$region_far/_poplar/health"
+echo "mixed: $tasks tasks, Zipf 1.1, regions 20 ms and 60 ms away; $rate requests/s offered over $mixed_connections connections, ${duration}s to warm up then ${duration}s measured"
+printf '%-8s %10s %9s %9s %9s %10s %8s  %s\n' placement requests/s p50 p99 errors "edge RSS" "start" "placements"
 for mode in auto edge region; do
   port=$(free_port); admin=$(free_port)
   {
     echo "role: edge"; echo "listen: \"127.0.0.1:$port\""; echo "threads: 1"
     echo "admin: { listen: \"127.0.0.1:$admin\" }"
-    echo "placement: { hot_threshold: 5, max_inline: 64, max_resident: 64 }"
+    echo "placement: { hot_threshold: 5, max_inline: 64, max_resident: 256, max_resident_memory: 128MiB }"
     echo "regions:"
     echo "  near: { address: \"127.0.0.1:$relay_near\" }"
     echo "  far: { address: \"127.0.0.1:$relay_far\" }"
     echo "tasks:"
     for i in $(seq 0 $((tasks - 1))); do
-      echo "  t$i: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 50ms } }"
+      echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: { memory: 16MiB, timeout: 50ms } }"
     done
     echo "routes:"
     for i in $(seq 0 $((tasks - 1))); do
       echo "  - { match: { path_prefix: /t/$i }, task: t$i, placement: $mode }"
     done
   } > "$work/edge-$mode.yaml"
+  started=$(date +%s.%N)
   env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge-$mode.yaml" 2>"$work/edge-$mode.log" &
   mixed_pid=$!
-  wait_for "http://127.0.0.1:$port/t/0"
-  out=$(ZIPF_TASKS=$tasks wrk -t1 -c"$connections" -d"${duration}s" --latency -s scripts/zipf.lua "http://127.0.0.1:$port")
+  patience=3000 wait_for "http://127.0.0.1:$port/_poplar/none"
+  start=$(python3 -c "import time; print(f'{time.time() - $started:.1f}s')")
+  # The same load for as long again first, unmeasured: auto's promotions settle, and every
+  # policy is measured warm.
+  ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${duration}s" -s scripts/zipf.lua "http://127.0.0.1:$port" >/dev/null
+  curl -s "http://127.0.0.1:$admin/stats" > "$work/stats-before.json"
+  out=$(ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${duration}s" --latency -s scripts/zipf.lua "http://127.0.0.1:$port")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out" | awk '{s += $1} END {print s + 0}')
   rss=$(ps -o rss= -p "$mixed_pid" | tr -d ' ')
   placements=$(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
-c=collections.Counter()
-for t in json.load(sys.stdin)["placements"].values():
-    c.update(t)
-print(" ".join(f"{k}={v}" for k,v in sorted(c.items())))')
+def count(stats):
+    c = collections.Counter()
+    for t in stats["placements"].values():
+        c.update(t)
+    return c
+before = count(json.load(open(sys.argv[1])))
+c = count(json.load(sys.stdin))
+c.subtract(before)
+print(" ".join(f"{k}={v}" for k, v in sorted(c.items()) if v))' "$work/stats-before.json")
   kill "$mixed_pid"; wait "$mixed_pid" 2>/dev/null || true
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" >> "$mixed"
-  printf '%-8s %10s %9s %9s %7s KiB  %s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" "$errors" "$start" >> "$mixed"
+  printf '%-8s %10s %9s %9s %9s %7s KiB %8s  %s\n' "$mode" "$rps" "$p50" "$p99" "$errors" "$rss" "$start" "$placements"
 done
+fi
 
 python3 scripts/bench_report.py "$results" "$duration" "$connections" "$(nproc)" "$(uname -r)" \
-  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed"
+  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed" "$rate" "$mixed_connections"

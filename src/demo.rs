@@ -168,8 +168,12 @@ async fn answer(
 /// back. It puts a region "far away" on loopback, for tests and benchmarks.
 pub async fn relay(client: tokio::net::TcpStream, target: SocketAddr, delay_ms: Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
-        return;
+    let upstream = match tokio::net::TcpStream::connect(target).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            log::warn!("relay: cannot reach {target}: {e}");
+            return;
+        }
     };
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
     let (mut client_read, mut client_write) = client.into_split();

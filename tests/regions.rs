@@ -499,7 +499,8 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     let key = Key::new();
     let region = start_region(&key, &["hello", "echo"]);
     let admin = common::free_addr();
-    // Room for one resident task: heating a second evicts the first (now the colder).
+    // Room for one resident task: heating a second evicts the first once the second is the
+    // hotter.
     let heat_rules = "{ hot_threshold: 3, cool_threshold: 1, max_resident: 1 }";
     let routes = "  - match: { path_prefix: /hello }\n    task: hello\n  - match: { path_prefix: /echo }\n    task: echo\n";
     let setup = Setup {
@@ -521,13 +522,17 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
         "evicted: {stats}"
     );
 
-    // Hot again, hello must be compiled again before it runs here.
+    // hello is still hot, but colder than echo, the one resident: it is forwarded as cold
+    // and not compiled, so the two do not take turns evicting each other.
     let resp = client()
         .get(format!("{}/hello", edge.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(placement(&resp), "region; name=only; reason=warming");
+    assert_eq!(placement(&resp), "region; name=only; reason=cold");
+    let now = common::admin_stats(admin).await;
+    assert_eq!(now["tasks"]["hello"]["hot"], true, "{now}");
+    assert_eq!(now["tasks"]["hello"]["code"], "absent", "{now}");
 
     let counts = &stats["placements"]["hello"];
     assert!(counts["edge/hot"].as_u64().unwrap() >= 1, "{counts}");

@@ -21,6 +21,9 @@ use admission::{Decision, Facts, Residency};
 use hotness::{Hotness, Thresholds};
 use resident::{Admit, ResidentSet};
 
+/// How long the resident set's admission floor is reused before it is computed again.
+const FLOOR_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where one request goes.
 pub enum Placement {
     /// Run here. `slot` is taken already for `Hot`; a pinned run waits for one.
@@ -39,6 +42,9 @@ pub struct Placer {
     runtime: Arc<Runtime>,
     tasks: HashMap<String, Arc<TaskEntry>>,
     resident: Mutex<ResidentSet>,
+    /// When the admission floor was last computed, and its value (none at start: the set is
+    /// empty).
+    floor: Mutex<(Instant, Option<f64>)>,
     /// One background compile at a time.
     compiler: Arc<tokio::sync::Semaphore>,
 }
@@ -124,6 +130,7 @@ impl Placer {
             runtime,
             tasks,
             resident,
+            floor: Mutex::new((Instant::now(), None)),
             compiler: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
@@ -138,16 +145,13 @@ impl Placer {
             return Placement::Forward(Reason::Pinned);
         };
         let now = Instant::now();
-        let (facts, ready, compile) = {
+        let (mut facts, ready, candidate, rate) = {
             let mut state = lock(&entry.state);
             state.hotness.observe(now, &self.thresholds);
-            let compile = mode == Mode::Auto
+            let candidate = mode == Mode::Auto
                 && entry.fits
                 && state.hotness.is_hot()
                 && matches!(state.code, Code::Absent);
-            if compile {
-                state.code = Code::Compiling;
-            }
             let (residency, ready) = match &state.code {
                 Code::Ready(task) => (Residency::Ready, Some(task.clone())),
                 Code::Absent | Code::Compiling => (Residency::Warming, None),
@@ -163,10 +167,20 @@ impl Placer {
                 max_inline_body: self.spec.inline_limits.max_body,
                 slot_free: true,
             };
-            (facts, ready, compile)
+            (facts, ready, candidate, state.hotness.rate(now))
         };
-        if compile {
-            self.compile(entry.clone());
+        if candidate {
+            if self.admission_floor(now).is_none_or(|floor| rate > floor) {
+                let mut state = lock(&entry.state);
+                if matches!(state.code, Code::Absent) {
+                    state.code = Code::Compiling;
+                    drop(state);
+                    self.compile(entry.clone());
+                }
+            } else {
+                // Hot, but colder than every task the edge keeps: it stays forwarded.
+                facts.hot = false;
+            }
         }
         match admission::decide(&facts) {
             Decision::Forward(reason) => Placement::Forward(reason),
@@ -208,6 +222,20 @@ impl Placer {
             lock(&entry.state).oversized_until =
                 Some(Instant::now() + self.spec.oversized_cooldown);
         }
+    }
+
+    /// The rate a task must beat to become resident (`None` while there is room), computed
+    /// at most every [`FLOOR_REFRESH`].
+    fn admission_floor(&self, now: Instant) -> Option<f64> {
+        {
+            let floor = lock(&self.floor);
+            if now.saturating_duration_since(floor.0) < FLOOR_REFRESH {
+                return floor.1;
+            }
+        }
+        let value = lock(&self.resident).floor(|n| self.rate(n, now));
+        *lock(&self.floor) = (now, value);
+        value
     }
 
     fn rate(&self, task: &str, now: Instant) -> f64 {
@@ -261,6 +289,10 @@ impl Placer {
                     task.code_bytes
                 );
                 lock(&entry.state).code = Code::Failed;
+            }
+            Admit::Colder => {
+                log::info!("task {name} is not as hot as the tasks resident at the edge: not kept");
+                lock(&entry.state).code = Code::Absent;
             }
             Admit::Admitted { evicted } => {
                 for other in evicted.iter().filter_map(|n| self.tasks.get(n)) {
