@@ -6,6 +6,7 @@
 #   3. cache hit on a task route                         vs  nginx `proxy_cache` hit of the same response
 #   4. origin route (plain reverse proxy)                vs  nginx `proxy_pass`, same origin
 #   5. forwarded task, edge to region                    vs  the same task asked of the region directly
+#   (1 and 4 also run Pingora alone, examples/bare_pingora.rs: what Poplar adds to Pingora)
 #   6. mixed: requests spread over 1,000 distinct tasks (1,000 builds of hello, told apart by
 #      a custom section, so each is compiled and held on its own) with a Zipf distribution
 #      (scripts/zipf.lua), two regions behind relays adding 20 ms and 60 ms round trips
@@ -33,7 +34,7 @@ wasmtime_version=48.0.8
 
 scripts/setup.sh wrk nginx
 scripts/build-tasks.sh
-cargo build --release --quiet --bin poplar --example relay
+cargo build --release --quiet --bin poplar --example relay --example bare_pingora
 wasmtime="$root/target/tools/bin/wasmtime"
 if ! "$wasmtime" --version 2>/dev/null | grep -q "$wasmtime_version"; then
   echo "bench: building wasmtime-cli $wasmtime_version (once)" >&2
@@ -56,11 +57,14 @@ wait_for() { # url (patience: tenths of a second, default 200)
 }
 
 edge=$(free_port); region=$(free_port); origin=$(free_port); wasmserve=$(free_port)
+bare_static=$(free_port); bare_proxy=$(free_port)
 nginx_static=$(free_port); nginx_proxy=$(free_port); nginx_cache=$(free_port)
 key="bench-forwarding-key-$(date +%s)"
 
 # The origin: its own nginx, one worker.
 mkdir -p "$work/cache"
+# nginx started as root runs its workers as another user: they must reach the cache.
+chmod 755 "$work"; chmod 777 "$work/cache"
 cat > "$work/nginx-origin.conf" <<NGINX
 worker_processes 1;
 pid $work/nginx-origin.pid;
@@ -138,7 +142,13 @@ pids+=($!); wasmtime_pid=$!
 wasmserve_default=$(free_port)
 env -u RUST_BACKTRACE "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve_default" tasks/dist/hello.wasm 2>"$work/wasmtime-default.log" >/dev/null &
 pids+=($!); wasmtime_default_pid=$!
+target/release/examples/bare_pingora --listen "127.0.0.1:$bare_static" 2>"$work/bare-static.log" &
+pids+=($!); bare_static_pid=$!
+target/release/examples/bare_pingora --listen "127.0.0.1:$bare_proxy" --origin "127.0.0.1:$origin" 2>"$work/bare-proxy.log" &
+pids+=($!); bare_proxy_pid=$!
 wait_for "http://127.0.0.1:$edge/hello"
+wait_for "http://127.0.0.1:$bare_static/"
+wait_for "http://127.0.0.1:$bare_proxy/"
 wait_for "http://127.0.0.1:$wasmserve/hello"
 wait_for "http://127.0.0.1:$wasmserve_default/hello"
 wait_for "http://127.0.0.1:$nginx_static/"
@@ -181,6 +191,7 @@ echo "wrk -t1 -c$connections -d${duration}s, one scenario after another; $(nproc
 printf '%-10s %-34s %10s %9s %9s %12s\n' scenario server requests/s p50 p99 "server RSS"
 run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edge/none"
 run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"
+run static "pingora alone, 200 from request_filter" "$bare_static_pid" "http://127.0.0.1:$bare_static/"
 run inline "poplar hello inline" "$edge_pid" "http://127.0.0.1:$edge/hello?name=wrk"
 run inline "wasmtime serve -S cli" "$wasmtime_pid" "http://127.0.0.1:$wasmserve/hello?name=wrk"
 run inline "wasmtime serve, default threads" "$wasmtime_default_pid" "http://127.0.0.1:$wasmserve_default/hello?name=wrk"
@@ -188,6 +199,7 @@ run cache "poplar cache hit" "$edge_pid" "http://127.0.0.1:$edge/cached?name=wrk
 run cache "nginx proxy_cache hit" "$nginx_ref_pid" "http://127.0.0.1:$nginx_cache/cached?name=wrk"
 run origin "poplar origin route" "$edge_pid" "http://127.0.0.1:$edge/origin"
 run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/origin"
+run origin "pingora alone, proxy" "$bare_proxy_pid" "http://127.0.0.1:$bare_proxy/origin"
 run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
 run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
 
