@@ -10,12 +10,8 @@ use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+mod common;
+use common::arg;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {

@@ -26,10 +26,14 @@ use crate::regions::{HealthChecker, Regions};
 use crate::routing::Router;
 use crate::wasm::{self, Capacity, Runtime, Task};
 
-/// Builds the server for `config`: compiles the tasks it needs at start (slow: seconds for
-/// big ones).
+/// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
+/// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(config, false));
+    build_with(config, source, false)
+}
+
+fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Server, ConfigErrors> {
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(config, work_stealing));
     server.bootstrap();
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
@@ -264,8 +268,7 @@ pub struct Running {
 impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
-        let mut server = build(config, source)?;
-        server.configuration = Arc::new(server_conf(config, true));
+        let server = build_with(config, source, true)?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("poplar {}", config.listen))

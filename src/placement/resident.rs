@@ -98,9 +98,9 @@ impl ResidentSet {
     /// The rate a task must beat to get in, if the set is full (by count, or by bytes for a
     /// task of the residents' average size); `None` while there is room.
     pub fn floor(&self, rate: impl Fn(&str) -> f64) -> Option<f64> {
-        let count = self.entries.len();
-        let average = self.bytes().checked_div(count as u64).unwrap_or(0);
-        if count < self.max_count && self.bytes() + average <= self.max_bytes {
+        let (count, bytes) = (self.entries.len(), self.bytes());
+        let average = bytes.checked_div(count as u64).unwrap_or(0);
+        if count < self.max_count && bytes + average <= self.max_bytes {
             return None;
         }
         self.entries
