@@ -10,6 +10,7 @@ mod host;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -58,7 +59,7 @@ pub struct Runtime {
     linker: Linker<Host>,
     /// One permit per instance the pool holds: an execution runs only with one in hand.
     slots: Arc<Semaphore>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Runtime {
@@ -69,24 +70,29 @@ impl Runtime {
         // wasi:cli/environment, exit and terminal-*, beyond the proxy world.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let ticker = EpochTicker::start(&engine);
+        let slots = Arc::new(Semaphore::new(capacity.instances.max(1) as usize));
+        let ticker = EpochTicker::start(&engine, slots.clone());
         Ok(Runtime {
             engine,
             linker,
-            slots: Arc::new(Semaphore::new(capacity.instances.max(1) as usize)),
-            _ticker: ticker,
+            slots,
+            ticker,
         })
     }
 
     /// An execution slot if one is free right now.
     pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        self.ticker.wake();
+        Some(slot)
     }
 
     /// An execution slot, waiting for one until `until` at the latest.
     pub async fn slot(&self, until: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
         let acquire = self.slots.clone().acquire_owned();
-        tokio::time::timeout_at(until, acquire).await.ok()?.ok()
+        let slot = tokio::time::timeout_at(until, acquire).await.ok()?.ok()?;
+        self.ticker.wake();
+        Some(slot)
     }
 
     /// Compiles and links a task. This is slow (milliseconds to seconds): never on a request.
@@ -193,37 +199,70 @@ impl std::fmt::Debug for Task {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the runtime is dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest may be running (an
+/// execution slot is taken), and sleeps without waking while none is: an idle server does
+/// not tick 500 times a second. Taking a slot wakes it ([`Runtime::try_slot`]).
 struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::Thread>,
+    /// Epochs advanced so far (what the tests watch).
+    #[cfg_attr(not(test), allow(dead_code))]
+    ticks: Arc<AtomicU64>,
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine) -> EpochTicker {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (weak, flag) = (engine.weak(), stop.clone());
+    fn start(engine: &Engine, slots: Arc<Semaphore>) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticks = Arc::new(AtomicU64::new(0));
+        let (weak, flag, count) = (engine.weak(), stop.clone(), ticks.clone());
+        let all = slots.available_permits();
         let spawned = std::thread::Builder::new()
             .name("poplar-epoch".into())
             .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                while !flag.load(Ordering::Relaxed) {
+                    if slots.available_permits() == all {
+                        // A slot taken after this check unparks us, and an unpark that comes
+                        // before `park` makes it return at once: no wake-up is lost.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
                     }
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
             });
-        if let Err(e) = spawned {
-            // Without a ticker no deadline can fire, so this must not go unnoticed.
-            log::error!("cannot start the epoch thread, guest deadlines rely on timers only: {e}");
+        let thread = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(e) => {
+                // Without a ticker no deadline can fire, so this must not go unnoticed.
+                log::error!(
+                    "cannot start the epoch thread, guest deadlines rely on timers only: {e}"
+                );
+                None
+            }
+        };
+        EpochTicker {
+            stop,
+            thread,
+            ticks,
         }
-        EpochTicker { stop }
+    }
+
+    /// Resumes ticking if the ticker sleeps; an atomic swap if it does not.
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.unpark();
+        }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake();
     }
 }
 
@@ -261,4 +300,57 @@ pub fn load_all<'a>(
         }
     }
     (loaded, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `done` every tick for up to 10 s.
+    fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        (0..5_000).any(|_| {
+            std::thread::sleep(EPOCH_TICK);
+            done()
+        })
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_a_slot_is_taken() {
+        let runtime = Runtime::new(Capacity {
+            instances: 2,
+            max_memory: 1 << 20,
+        })
+        .unwrap();
+        let ticks = || runtime.ticker.ticks.load(Ordering::Relaxed);
+        std::thread::sleep(EPOCH_TICK * 10);
+        assert_eq!(ticks(), 0, "an idle runtime ticked");
+
+        let slot = runtime.try_slot().unwrap();
+        assert!(
+            eventually(|| ticks() >= 3),
+            "a taken slot did not wake the ticker"
+        );
+        drop(slot);
+        // The tick under way ends, then the ticker sleeps for good.
+        let mut last = ticks();
+        assert!(
+            eventually(|| {
+                std::thread::sleep(EPOCH_TICK * 4);
+                std::mem::replace(&mut last, ticks()) == last
+            }),
+            "the ticker kept ticking with every slot free"
+        );
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let _slot = rt.block_on(runtime.slot(until)).unwrap();
+        let before = ticks();
+        assert!(
+            eventually(|| ticks() > before + 2),
+            "a slot waited for did not wake the ticker"
+        );
+    }
 }
