@@ -13,7 +13,8 @@
 #      (examples/relay.rs): placement auto vs all at the edge vs all in a region, each offered
 #      the same fixed request rate (MIXED_RATE, default 2000/s, over 512 connections)
 #
-# Scenarios 1-5 run wrk with the same settings, one after another. Every server gets 1 worker
+# Scenarios 1-5 run wrk with the same settings, one after another, in BENCH_ROUNDS rounds
+# (default 3); each server's median is reported. Every server gets 1 worker
 # thread: Poplar `threads: 1`, nginx 1 worker, wasmtime serve TOKIO_WORKER_THREADS=1 (also
 # measured with its default, a tokio worker per core, for reference); the origin is a separate
 # nginx with 1 worker. Every server runs with RUST_BACKTRACE unset. Prints one table and the
@@ -170,6 +171,9 @@ PY
 results="$work/results.tsv"
 : > "$results"
 scenarios=${BENCH_SCENARIOS:-static inline cache origin forward mixed}
+# Scenarios 1-5 run `rounds` times, their servers taking turns within a round, and the report
+# takes each server's median: one run alone moves 10% or more on this shared machine.
+rounds=${BENCH_ROUNDS:-3}
 wanted() { [[ " $scenarios " == *" $1 "* ]]; }
 run() { # scenario, server, pid, url, [header lines]
   wanted "$1" || return 0
@@ -187,21 +191,23 @@ run() { # scenario, server, pid, url, [header lines]
   printf '%-10s %-34s %10s %9s %9s %8s KiB  %s\n' "$1" "$2" "$rps" "$p50" "$p99" "$rss" "${errors:-}"
 }
 nginx_ref_pid=$(cat "$work/nginx-ref.pid")
-echo "wrk -t1 -c$connections -d${duration}s, one scenario after another; $(nproc) cores; RUST_BACKTRACE unset"
+echo "wrk -t1 -c$connections -d${duration}s, one scenario after another, $rounds rounds; $(nproc) cores; RUST_BACKTRACE unset"
 printf '%-10s %-34s %10s %9s %9s %12s\n' scenario server requests/s p50 p99 "server RSS"
-run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edge/none"
-run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"
-run static "pingora alone, 200 from request_filter" "$bare_static_pid" "http://127.0.0.1:$bare_static/"
-run inline "poplar hello inline" "$edge_pid" "http://127.0.0.1:$edge/hello?name=wrk"
-run inline "wasmtime serve -S cli" "$wasmtime_pid" "http://127.0.0.1:$wasmserve/hello?name=wrk"
-run inline "wasmtime serve, default threads" "$wasmtime_default_pid" "http://127.0.0.1:$wasmserve_default/hello?name=wrk"
-run cache "poplar cache hit" "$edge_pid" "http://127.0.0.1:$edge/cached?name=wrk"
-run cache "nginx proxy_cache hit" "$nginx_ref_pid" "http://127.0.0.1:$nginx_cache/cached?name=wrk"
-run origin "poplar origin route" "$edge_pid" "http://127.0.0.1:$edge/origin"
-run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/origin"
-run origin "pingora alone, proxy" "$bare_proxy_pid" "http://127.0.0.1:$bare_proxy/origin"
-run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
-run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
+for round in $(seq "$rounds"); do
+  run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edge/none"
+  run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"
+  run static "pingora alone, 200 from request_filter" "$bare_static_pid" "http://127.0.0.1:$bare_static/"
+  run inline "poplar hello inline" "$edge_pid" "http://127.0.0.1:$edge/hello?name=wrk"
+  run inline "wasmtime serve -S cli" "$wasmtime_pid" "http://127.0.0.1:$wasmserve/hello?name=wrk"
+  run inline "wasmtime serve, default threads" "$wasmtime_default_pid" "http://127.0.0.1:$wasmserve_default/hello?name=wrk"
+  run cache "poplar cache hit" "$edge_pid" "http://127.0.0.1:$edge/cached?name=wrk"
+  run cache "nginx proxy_cache hit" "$nginx_ref_pid" "http://127.0.0.1:$nginx_cache/cached?name=wrk"
+  run origin "poplar origin route" "$edge_pid" "http://127.0.0.1:$edge/origin"
+  run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/origin"
+  run origin "pingora alone, proxy" "$bare_proxy_pid" "http://127.0.0.1:$bare_proxy/origin"
+  run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
+  run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
+done
 
 # 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.
 tasks=1000
@@ -301,4 +307,4 @@ done
 fi
 
 python3 scripts/bench_report.py "$results" "$duration" "$connections" "$(nproc)" "$(uname -r)" \
-  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed" "$rate" "$mixed_connections"
+  "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed" "$rate" "$mixed_connections" "$rounds"

@@ -5,6 +5,7 @@
 //! in the background when they turn hot (never on a request's path).
 
 pub mod admission;
+mod compiler;
 pub mod hotness;
 pub mod resident;
 
@@ -18,6 +19,7 @@ use crate::config::{Limits, Mode, PlacementSpec, TaskSpec};
 use crate::wasm::{LoadError, Runtime, Task};
 pub use admission::Reason;
 use admission::{Decision, Facts, Residency};
+use compiler::Compiler;
 use hotness::{Hotness, Thresholds};
 use resident::{Admit, ResidentSet};
 
@@ -45,8 +47,8 @@ pub struct Placer {
     /// When the admission floor was last computed, and its value (none at start: the set is
     /// empty).
     floor: Mutex<(Instant, Option<f64>)>,
-    /// One background compile at a time.
-    compiler: Arc<tokio::sync::Semaphore>,
+    /// Promotions compile there, one at a time, at the lowest CPU priority.
+    compiler: Compiler,
 }
 
 struct TaskEntry {
@@ -131,7 +133,7 @@ impl Placer {
             tasks,
             resident,
             floor: Mutex::new((Instant::now(), None)),
-            compiler: Arc::new(tokio::sync::Semaphore::new(1)),
+            compiler: Compiler::start(),
         }
     }
 
@@ -244,28 +246,25 @@ impl Placer {
             .map_or(0.0, |e| lock(&e.state).hotness.rate(now))
     }
 
-    /// Compiles a promoted task off the request path. Compiles run one at a time: a burst of
-    /// promotions must not take the cores from the traffic (the tasks stay `warming`).
+    /// Compiles a promoted task off the request path (the task stays `warming` meanwhile).
     fn compile(self: &Arc<Self>, entry: Arc<TaskEntry>) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let placer = self.clone();
         log::info!(
             "task {} turned hot: compiling it at the edge",
             entry.spec.name
         );
-        handle.spawn(async move {
-            let Ok(_turn) = placer.compiler.clone().acquire_owned().await else {
-                return;
-            };
-            let worker = placer.clone();
-            let compiled = tokio::task::spawn_blocking(move || {
-                let loaded = worker.runtime.load(&entry.spec);
-                worker.finish_compile(&entry, loaded);
-            });
-            let _ = compiled.await;
+        let placer = self.clone();
+        let queued = entry.clone();
+        let submitted = self.compiler.submit(move || {
+            let loaded = placer.runtime.load(&queued.spec);
+            placer.finish_compile(&queued, loaded);
         });
+        if !submitted {
+            log::error!(
+                "task {} cannot be compiled at the edge (no compile thread): it will always be forwarded",
+                entry.spec.name
+            );
+            lock(&entry.state).code = Code::Failed;
+        }
     }
 
     fn finish_compile(&self, entry: &TaskEntry, loaded: Result<Task, LoadError>) {
