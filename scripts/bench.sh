@@ -175,24 +175,42 @@ scenarios=${BENCH_SCENARIOS:-static inline cache origin forward mixed}
 # takes each server's median: one run alone moves 10% or more on this shared machine.
 rounds=${BENCH_ROUNDS:-3}
 wanted() { [[ " $scenarios " == *" $1 "* ]]; }
+# A server's processes: the one started and its children (nginx's worker under its master).
+processes() { echo "$1" $(pgrep -P "$1" || true); }
+# User and system CPU time of a server so far, in clock ticks (fields 14 and 15 of
+# /proc/PID/stat, counted after the parenthesised name).
+cpu_ticks() {
+  local p u=0 s=0 fields
+  for p in $(processes "$1"); do
+    fields=($(sed 's/.*) //' "/proc/$p/stat"))
+    u=$((u + fields[11])); s=$((s + fields[12]))
+  done
+  echo "$u $s"
+}
 run() { # scenario, server, pid, url, [header lines]
   wanted "$1" || return 0
   local args=(-t1 -c"$connections" -d"${duration}s" --latency)
   while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done <<<"${5:-}"
-  local out
+  local out before after
+  before=($(cpu_ticks "$3"))
   out=$(wrk "${args[@]}" "$4")
-  local rps p50 p99 errors rss
+  after=($(cpu_ticks "$3"))
+  local rps p50 p99 errors rss requests user sys
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errors=$(awk '/Socket errors/ {print}' <<<"$out" | tr -s ' ')
-  rss=$(ps -o rss= -p "$3" | tr -d ' ')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p50" "$p99" "${errors:-none}" "$rss" >> "$results"
-  printf '%-10s %-34s %10s %9s %9s %8s KiB  %s\n' "$1" "$2" "$rps" "$p50" "$p99" "$rss" "${errors:-}"
+  rss=$(ps -o rss= -p "$(processes "$3" | tr ' ' ,)" | awk '{s += $1} END {print s}')
+  # The server's CPU per request, user and system, in microseconds.
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  read -r user sys < <(python3 -c "t, n = $(getconf CLK_TCK), max($requests, 1)
+print(f'{($((after[0] - before[0]))) * 1e6 / t / n:.1f} {($((after[1] - before[1]))) * 1e6 / t / n:.1f}')")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p50" "$p99" "${errors:-none}" "$rss" "$user" "$sys" >> "$results"
+  printf '%-10s %-34s %10s %9s %9s %8s KiB %6s+%-6s us/req  %s\n' "$1" "$2" "$rps" "$p50" "$p99" "$rss" "$user" "$sys" "${errors:-}"
 }
 nginx_ref_pid=$(cat "$work/nginx-ref.pid")
 echo "wrk -t1 -c$connections -d${duration}s, one scenario after another, $rounds rounds; $(nproc) cores; RUST_BACKTRACE unset"
-printf '%-10s %-34s %10s %9s %9s %12s\n' scenario server requests/s p50 p99 "server RSS"
+printf '%-10s %-34s %10s %9s %9s %12s %s\n' scenario server requests/s p50 p99 "server RSS" "server CPU user+sys"
 for round in $(seq "$rounds"); do
   run static "poplar (404 from request_filter)" "$edge_pid" "http://127.0.0.1:$edge/none"
   run static "nginx return 200" "$nginx_ref_pid" "http://127.0.0.1:$nginx_static/"

@@ -34,12 +34,13 @@ def ms(latency: str) -> float:
 
 def medians(lines):
     """One row per server: the median of its rounds for each measure, the spread of its
-    requests/s, every round's socket errors, its largest RSS."""
+    requests/s, every round's socket errors, its largest RSS (all its processes)."""
     runs = {}
     for line in lines:
-        scenario, server, rps, p50, p99, errors, rss = line.split("\t")
+        scenario, server, rps, p50, p99, errors, rss, user, sys_ = line.split("\t")
         runs.setdefault((scenario, server), []).append(
-            dict(rps=float(rps), p50=ms(p50), p99=ms(p99), errors=errors, rss=int(rss)))
+            dict(rps=float(rps), p50=ms(p50), p99=ms(p99), errors=errors, rss=int(rss),
+                 user=float(user), sys=float(sys_)))
     rows = []
     for (scenario, server), rs in runs.items():
         errors = sorted({r["errors"] for r in rs} - {"none"})
@@ -47,7 +48,8 @@ def medians(lines):
                          rps=statistics.median(r["rps"] for r in rs),
                          rps_min=min(r["rps"] for r in rs), rps_max=max(r["rps"] for r in rs),
                          p50=statistics.median(r["p50"] for r in rs), p99=statistics.median(r["p99"] for r in rs),
-                         errors="; ".join(errors) or "none", rss_mib=max(r["rss"] for r in rs) / 1024))
+                         errors="; ".join(errors) or "none", rss_mib=max(r["rss"] for r in rs) / 1024,
+                         user=statistics.median(r["user"] for r in rs), sys=statistics.median(r["sys"] for r in rs)))
     return rows
 
 
@@ -74,12 +76,13 @@ def main() -> None:
         print(f"{scenario:<10} {ratio:>20.2f} {p99a:>9.2f}ms {p99b:>7.2f}ms  {goal} {verdict}")
 
     today = datetime.date.today().isoformat()
-    table = ["| scenario | server | requests/s (median) | lowest - highest | p50 | p99 | socket errors | server RSS |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    table = ["| scenario | server | requests/s (median) | lowest - highest | p50 | p99 | socket errors | server RSS "
+             "| server CPU per request: user + system |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         table.append(f"| {r['scenario']} | {r['server']} | {r['rps']:,.0f} | {r['rps_min']:,.0f} - "
                      f"{r['rps_max']:,.0f} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['errors']} | "
-                     f"{r['rss_mib']:.0f} MiB |")
+                     f"{r['rss_mib']:.0f} MiB | {r['user']:.1f} + {r['sys']:.1f} µs |")
     ratios = ["| scenario | Poplar / reference, requests/s | p99 Poplar | p99 reference | target | |",
               "| --- | --- | --- | --- | --- | --- |"]
     for scenario, ratio, p99a, p99b, goal, verdict in verdicts:
