@@ -32,9 +32,13 @@ impl Compiler {
                             .start_handler(|_| lower_priority())
                             .build()
                     });
-                    match pool {
+                    let run = std::panic::AssertUnwindSafe(|| match pool {
                         Ok(pool) => pool.install(job),
                         Err(_) => job(),
+                    });
+                    // One job's panic must not end the promotions of every task after it.
+                    if std::panic::catch_unwind(run).is_err() {
+                        log::error!("a compile job panicked");
                     }
                 }
             });

@@ -255,7 +255,12 @@ impl Placer {
         let placer = self.clone();
         let queued = entry.clone();
         let submitted = self.compiler.submit(move || {
-            let loaded = placer.runtime.load(&queued.spec);
+            let load = std::panic::AssertUnwindSafe(|| placer.runtime.load(&queued.spec));
+            let loaded = std::panic::catch_unwind(load).unwrap_or_else(|_| {
+                Err(LoadError::Compile(wasmtime::Error::msg(
+                    "the compiler panicked",
+                )))
+            });
             placer.finish_compile(&queued, loaded);
         });
         if !submitted {
