@@ -308,19 +308,35 @@ for mode in auto edge region; do
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errors=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out" | awk '{s += $1} END {print s + 0}')
   rss=$(ps -o rss= -p "$mixed_pid" | tr -d ' ')
-  placements=$(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
+  # Placements counted, and the p99 of the edge's own response times by where requests were
+  # answered, both over the measured window (the difference of two /stats snapshots).
+  IFS=$'\t' read -r placements by_site < <(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
 def count(stats):
     c = collections.Counter()
     for t in stats["placements"].values():
         c.update(t)
     return c
-before = count(json.load(open(sys.argv[1])))
-c = count(json.load(sys.stdin))
-c.subtract(before)
-print(" ".join(f"{k}={v}" for k, v in sorted(c.items()) if v))' "$work/stats-before.json")
+def buckets(stats, site):
+    return collections.Counter({le: n for le, n in stats["latency"].get(site, {}).get("buckets", [])})
+before, after = json.load(open(sys.argv[1])), json.load(sys.stdin)
+c = count(after)
+c.subtract(count(before))
+sites = []
+for site in ("edge", "region", "cache"):
+    b = buckets(after, site)
+    b.subtract(buckets(before, site))
+    total = sum(b.values())
+    if total:
+        seen, rank = 0, 0.99 * total
+        for le in sorted(b):
+            seen += b[le]
+            if seen >= rank:
+                sites.append(f"{site} {le / 1000:.2f} ms ({total})")
+                break
+print(" ".join(f"{k}={v}" for k, v in sorted(c.items()) if v), ", ".join(sites), sep="\t")' "$work/stats-before.json")
   kill "$mixed_pid"; wait "$mixed_pid" 2>/dev/null || true
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" "$errors" "$start" >> "$mixed"
-  printf '%-8s %10s %9s %9s %9s %7s KiB %8s  %s\n' "$mode" "$rps" "$p50" "$p99" "$errors" "$rss" "$start" "$placements"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" "$errors" "$start" "$by_site" >> "$mixed"
+  printf '%-8s %10s %9s %9s %9s %7s KiB %8s  %s; p99 by where answered: %s\n' "$mode" "$rps" "$p50" "$p99" "$errors" "$rss" "$start" "$placements" "$by_site"
 done
 fi
 

@@ -1,6 +1,7 @@
 //! The admin endpoint, on its own listener (`admin.listen`): `GET /stats` answers JSON with
-//! where each task's requests ran and why, each task's heat and residency, each region's
-//! health and latency, and the cache's counters; `POST /purge` drops cache entries.
+//! where each task's requests ran and why, response times by where requests were answered,
+//! each task's heat and residency, each region's health and latency, and the cache's
+//! counters; `POST /purge` drops cache entries.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::cache::{Cache, CacheStats, Purge};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Latencies, LatencySnapshot};
 use crate::placement::{Placer, TaskStatus};
 use crate::regions::{RegionStatus, Regions};
 
@@ -21,6 +22,7 @@ pub struct Admin {
 /// What the admin endpoint reports on; an edge has all of it, a region only counters.
 pub struct Sources {
     pub counters: Arc<Counters>,
+    pub latencies: Option<Arc<Latencies>>,
     pub placer: Option<Arc<Placer>>,
     pub regions: Option<Arc<Regions>>,
     pub cache: Option<Arc<Cache>>,
@@ -29,6 +31,8 @@ pub struct Sources {
 #[derive(serde::Serialize)]
 struct Stats {
     placements: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Response times by where requests were answered (edge, region, cache, origin).
+    latency: BTreeMap<&'static str, LatencySnapshot>,
     tasks: BTreeMap<String, TaskStatus>,
     regions: Vec<RegionStatus>,
     cache: Option<CacheStats>,
@@ -43,6 +47,11 @@ impl Admin {
         let s = &self.sources;
         Stats {
             placements: s.counters.snapshot(),
+            latency: s
+                .latencies
+                .as_ref()
+                .map(|l| l.snapshot())
+                .unwrap_or_default(),
             tasks: s
                 .placer
                 .as_ref()

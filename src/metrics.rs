@@ -61,3 +61,190 @@ impl Counters {
             .collect()
     }
 }
+
+/// Where a request was answered, for the response-time histograms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// A task run inline.
+    Edge,
+    /// A task forwarded to a region.
+    Region,
+    /// From the result cache.
+    Cache,
+    /// An origin route.
+    Origin,
+}
+
+impl Answered {
+    const ALL: [Answered; 4] = [
+        Answered::Edge,
+        Answered::Region,
+        Answered::Cache,
+        Answered::Origin,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Answered::Edge => "edge",
+            Answered::Region => "region",
+            Answered::Cache => "cache",
+            Answered::Origin => "origin",
+        }
+    }
+}
+
+/// Buckets a quarter of a power of two wide: 1 µs up to about 2 minutes, each bound within
+/// 19% of the one before.
+const BUCKETS: usize = 4 * 27 + 1;
+
+/// The first bucket whose bound holds `micros` (the last holds the rest).
+fn bucket(micros: u64) -> usize {
+    // 4 log2: close to the answer; the bounds are rounded, so settle on them exactly.
+    let mut i = ((micros.max(1) as f64).log2() * 4.0).ceil() as usize;
+    i = i.min(BUCKETS - 1);
+    while i > 0 && micros <= upper_bound_micros(i - 1) {
+        i -= 1;
+    }
+    while i < BUCKETS - 1 && micros > upper_bound_micros(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Bucket `i` holds times up to `2^(i/4)` µs, rounded.
+fn upper_bound_micros(i: usize) -> u64 {
+    2f64.powf(i as f64 / 4.0).round() as u64
+}
+
+/// Response times, from a request's arrival to the end of its response, by where it was
+/// answered. Errors are not counted.
+pub struct Latencies {
+    by: [Histogram; Answered::ALL.len()],
+}
+
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum_micros: AtomicU64,
+}
+
+/// One histogram as `GET /stats` shows it: `buckets` are `[upper bound in µs, count]` pairs,
+/// non-empty buckets only, so two snapshots can be subtracted for a window.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies {
+            by: std::array::from_fn(|_| Histogram {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum_micros: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Latencies {
+    pub fn record(&self, answered: Answered, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let h = &self.by[answered as usize];
+        h.buckets[bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        h.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Every place that answered at least one request.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, LatencySnapshot> {
+        Answered::ALL
+            .iter()
+            .filter_map(|&a| {
+                let h = &self.by[a as usize];
+                let counts: Vec<u64> = h
+                    .buckets
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
+                let count: u64 = counts.iter().sum();
+                if count == 0 {
+                    return None;
+                }
+                // The upper bound of the bucket holding the q-th time.
+                let quantile = |q: f64| {
+                    let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+                    let mut seen = 0;
+                    let i = counts
+                        .iter()
+                        .position(|&c| {
+                            seen += c;
+                            seen >= rank
+                        })
+                        .unwrap_or(BUCKETS - 1);
+                    upper_bound_micros(i) as f64 / 1000.0
+                };
+                let sum = h.sum_micros.load(Ordering::Relaxed);
+                Some((
+                    a.as_str(),
+                    LatencySnapshot {
+                        count,
+                        mean_ms: sum as f64 / count as f64 / 1000.0,
+                        p50_ms: quantile(0.5),
+                        p99_ms: quantile(0.99),
+                        buckets: counts
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| **c > 0)
+                            .map(|(i, c)| (upper_bound_micros(i), *c))
+                            .collect(),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_bound_what_they_hold() {
+        for micros in (0..2_000).chain([23_170, 999_999, 60_000_000]) {
+            let i = bucket(micros);
+            assert!(micros <= upper_bound_micros(i), "{micros} above bucket {i}");
+            if i > 0 {
+                assert!(
+                    micros > upper_bound_micros(i - 1),
+                    "{micros} fits bucket {}",
+                    i - 1
+                );
+            }
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_by_where_answered() {
+        let l = Latencies::default();
+        for _ in 0..98 {
+            l.record(Answered::Edge, Duration::from_micros(400));
+        }
+        l.record(Answered::Edge, Duration::from_millis(3));
+        l.record(Answered::Edge, Duration::from_millis(50));
+        l.record(Answered::Region, Duration::from_millis(21));
+        let s = l.snapshot();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), ["edge", "region"]);
+        let edge = &s["edge"];
+        assert_eq!(edge.count, 100);
+        // Within a bucket's width (19%) above the true value.
+        assert!((0.4..0.48).contains(&edge.p50_ms), "{edge:?}");
+        assert!((3.0..3.6).contains(&edge.p99_ms), "{edge:?}");
+        assert!((0.92..0.93).contains(&edge.mean_ms), "{edge:?}");
+        assert_eq!(edge.buckets.iter().map(|b| b.1).sum::<u64>(), 100);
+        assert!((21.0..25.0).contains(&s["region"].p99_ms));
+    }
+}

@@ -38,6 +38,7 @@ fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Ser
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
         counters: counters.clone(),
+        latencies: None,
         placer: None,
         regions: None,
         cache: None,
@@ -46,6 +47,7 @@ fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Ser
         Role::Edge => {
             let edge = edge(config, source, counters)?;
             sources = Sources {
+                latencies: Some(edge.latencies.clone()),
                 placer: Some(edge.placer.clone()),
                 regions: Some(edge.regions.clone()),
                 cache: Some(edge.cache.clone()),
@@ -139,6 +141,7 @@ fn edge(
         regions: Arc::new(Regions::new(config.regions.clone(), config.health)),
         key,
         counters,
+        latencies: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         versions,
     })

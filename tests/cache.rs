@@ -52,6 +52,26 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn response_times_are_counted_by_where_requests_were_answered() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{}");
+    for path in ["/hello?name=t", "/hello?name=t", "/nocache", "/none"] {
+        client()
+            .get(format!("{}{path}", edge.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    let latency = &common::admin_stats(admin).await["latency"];
+    // The run inline, the hit that followed, the origin; the 404 is nowhere.
+    for site in ["edge", "cache", "origin"] {
+        assert_eq!(latency[site]["count"], 1, "{site}: {latency}");
+    }
+    assert_eq!(latency.as_object().unwrap().len(), 3, "{latency}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_task_result_is_a_miss_then_a_hit() {
     let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let edge = edge(origin.addr, free_addr(), "{}");

@@ -537,6 +537,19 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     let counts = &stats["placements"]["hello"];
     assert!(counts["edge/hot"].as_u64().unwrap() >= 1, "{counts}");
     assert!(counts["region/cold"].as_u64().unwrap() >= 1, "{counts}");
+    // Response times are counted apart for requests run here and those forwarded.
+    let latency = &now["latency"];
+    for site in ["edge", "region"] {
+        let count = latency[site]["count"].as_u64().unwrap();
+        let bucketed: u64 = latency[site]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum();
+        assert!(count >= 1 && bucketed == count, "{latency}");
+        assert!(latency[site]["p99_ms"].as_f64().unwrap() > 0.0, "{latency}");
+    }
     assert_eq!(stats["regions"][0]["name"], "only");
     assert_eq!(stats["regions"][0]["healthy"], true);
 }

@@ -20,7 +20,7 @@ use super::{RequestIds, respond, strip_poplar_headers};
 use crate::cache::Cache;
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
-use crate::metrics::{Counters, Site};
+use crate::metrics::{Answered, Counters, Latencies, Site};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::Regions;
 use crate::regions::signing;
@@ -46,6 +46,7 @@ pub struct Parts {
     pub regions: Arc<Regions>,
     pub key: Option<ForwardingKey>,
     pub counters: Arc<Counters>,
+    pub latencies: Arc<Latencies>,
     pub cache: Arc<Cache>,
     pub versions: HashMap<String, String>,
 }
@@ -53,6 +54,10 @@ pub struct Parts {
 /// Per-request state.
 #[derive(Default)]
 pub struct Ctx {
+    /// When the request arrived, and where it was answered: its response time, counted in
+    /// the logging phase.
+    started: Option<Instant>,
+    answered: Option<Answered>,
     origin: Option<SocketAddr>,
     forward: Option<Forward>,
     /// On a cacheable route: what the cache phase found, and the recording of the answer.
@@ -110,6 +115,7 @@ impl Edge {
                 match task::serve(session, run).await? {
                     Served::Answered => {
                         self.parts.counters.count(name, Site::Edge, reason);
+                        ctx.answered = Some(Answered::Edge);
                         return Ok(true);
                     }
                     Served::FallBack => {
@@ -120,6 +126,7 @@ impl Edge {
             }
         };
         self.parts.counters.count(name, Site::Region, reason);
+        ctx.answered = Some(Answered::Region);
         ctx.forward = Some(Forward {
             task: name.to_string(),
             reason,
@@ -185,6 +192,7 @@ impl ProxyHttp for Edge {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         strip_poplar_headers(session.req_header_mut());
         let req = session.req_header();
         let host = req
@@ -201,10 +209,12 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         if route.cache.is_some() && self.cache_phase(session, ctx, route).await? {
+            ctx.answered = Some(Answered::Cache);
             return Ok(true);
         }
         match &route.target {
             Target::Origin(addr) => {
+                ctx.answered = Some(Answered::Origin);
                 ctx.origin = Some(*addr);
                 Ok(false)
             }
@@ -230,6 +240,14 @@ impl ProxyHttp for Edge {
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         set_timeouts(&mut peer);
         Ok(Box::new(peer))
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if e.is_none()
+            && let (Some(started), Some(answered)) = (ctx.started, ctx.answered)
+        {
+            self.parts.latencies.record(answered, started.elapsed());
+        }
     }
 
     fn fail_to_connect(
