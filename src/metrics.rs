@@ -97,23 +97,19 @@ impl Answered {
 /// 19% of the one before.
 const BUCKETS: usize = 4 * 27 + 1;
 
+/// Bucket `i` holds times up to `2^(i/4)` µs, rounded; computed once.
+static BOUNDS: std::sync::LazyLock<[u64; BUCKETS]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(|i| 2f64.powf(i as f64 / 4.0).round() as u64));
+
 /// The first bucket whose bound holds `micros` (the last holds the rest).
 fn bucket(micros: u64) -> usize {
-    // 4 log2: close to the answer; the bounds are rounded, so settle on them exactly.
-    let mut i = ((micros.max(1) as f64).log2() * 4.0).ceil() as usize;
-    i = i.min(BUCKETS - 1);
-    while i > 0 && micros <= upper_bound_micros(i - 1) {
-        i -= 1;
-    }
-    while i < BUCKETS - 1 && micros > upper_bound_micros(i) {
-        i += 1;
-    }
-    i
+    BOUNDS
+        .partition_point(|&bound| bound < micros)
+        .min(BUCKETS - 1)
 }
 
-/// Bucket `i` holds times up to `2^(i/4)` µs, rounded.
 fn upper_bound_micros(i: usize) -> u64 {
-    2f64.powf(i as f64 / 4.0).round() as u64
+    BOUNDS[i]
 }
 
 /// Response times, from a request's arrival to the end of its response, by where it was
