@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod framing;
 pub mod metrics;
 pub mod placement;
 pub mod proxy;

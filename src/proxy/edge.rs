@@ -16,7 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::cached::{self, CacheCtx};
 use super::task::{self, Inline, Served};
-use super::{RequestIds, respond, strip_poplar_headers};
+use super::{RequestIds, refuse_bad_framing, respond, strip_poplar_headers};
 use crate::cache::Cache;
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
@@ -193,6 +193,9 @@ impl ProxyHttp for Edge {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        if refuse_bad_framing(session).await? {
+            return Ok(true);
+        }
         strip_poplar_headers(session.req_header_mut());
         let req = session.req_header();
         let host = req

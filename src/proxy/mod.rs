@@ -12,6 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use crate::errors::ErrorKind;
+use crate::framing;
 
 pub use edge::{Edge, Parts as EdgeParts};
 pub use region::RegionServer;
@@ -55,5 +59,43 @@ fn strip_poplar_headers(req: &mut RequestHeader) {
         .collect();
     for name in names {
         req.remove_header(&name);
+    }
+}
+
+/// Refuses a request whose HTTP/1 framing is ambiguous ([`framing`]): 400, and the
+/// connection closed without reading its body. `Ok(true)` when it was refused.
+///
+/// Also lets the connection carry pipelined requests: each is answered in order, where
+/// Pingora would otherwise answer the first and drop the rest.
+async fn refuse_bad_framing(session: &mut Session) -> pingora_error::Result<bool> {
+    let Some(h1) = session.as_http1() else {
+        return Ok(false);
+    };
+    let req = h1.req_header();
+    let raw = req
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        .then(|| h1.get_headers_raw_bytes());
+    let head = framing::Head {
+        version: req.version,
+        headers: &req.headers,
+        raw: raw.as_deref(),
+    };
+    match framing::check(&head) {
+        Ok(()) => {
+            session.set_pipelining_enabled(true);
+            Ok(false)
+        }
+        Err(refusal) => {
+            log::info!(
+                "refused a request from {}: {refusal}",
+                session
+                    .client_addr()
+                    .map_or_else(String::new, ToString::to_string)
+            );
+            session.set_keepalive(None);
+            respond::error(session, ErrorKind::BadRequest, &refusal.to_string()).await?;
+            Ok(true)
+        }
     }
 }

@@ -13,7 +13,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use super::task::{self, Inline};
-use super::{RequestIds, respond, strip_poplar_headers};
+use super::{RequestIds, refuse_bad_framing, respond, strip_poplar_headers};
 use crate::config::ForwardingKey;
 use crate::errors::ErrorKind;
 use crate::regions::health::HEALTH_PATH;
@@ -91,6 +91,9 @@ impl ProxyHttp for RegionServer {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if refuse_bad_framing(session).await? {
+            return Ok(true);
+        }
         if session.req_header().uri.path() == HEALTH_PATH {
             health(session).await?;
             return Ok(true);
