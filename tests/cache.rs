@@ -507,3 +507,70 @@ async fn conditional_requests_and_invalidation() {
         "poplar; fwd=uri-miss; stored"
     );
 }
+
+/// POSTs `body` to a pure route whose answers go stale after a second, until the background
+/// refresh has stored a fresh answer; returns that answer's body. The refresh must replay
+/// the request it refreshes, body and method included: the key holds the body's hash.
+async fn refreshed_pure_answer(base: &str, body: &'static str) -> String {
+    let post = || {
+        client()
+            .post(format!("{base}/pure"))
+            .header(
+                "x-echo-set-cache-control",
+                "max-age=1, stale-while-revalidate=60",
+            )
+            .body(body)
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = post().await.unwrap();
+    assert!(
+        header(&stale, "cache-status").ends_with("detail=stale-while-revalidate"),
+        "{}",
+        header(&stale, "cache-status")
+    );
+    assert_eq!(stale.text().await.unwrap(), body);
+    let started = Instant::now();
+    loop {
+        let resp = post().await.unwrap();
+        let status = header(&resp, "cache-status");
+        if status.starts_with("poplar; hit; ttl=") && !status.contains("detail") {
+            return resp.text().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never refreshed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pure_routes_refresh_replays_its_body_inline() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = edge(origin.addr, free_addr(), "{}");
+    assert_eq!(
+        refreshed_pure_answer(&edge.base, "payload-one").await,
+        "payload-one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pure_routes_refresh_replays_its_body_in_a_region() {
+    let key = Key::new();
+    let region = start_region(&key, &["echo"]);
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 1h }}\nregions:\n  only: {{ address: \"{}\" }}\ntasks:\n  echo:\n    wasm: echo.wasm\nroutes:\n  - match: {{ path_prefix: /pure }}\n    task: echo\n    placement: region\n    cache: {{ pure: true }}\n",
+        key.path(),
+        region.addr
+    ));
+    assert_eq!(
+        refreshed_pure_answer(&edge.base, "payload-two").await,
+        "payload-two"
+    );
+}

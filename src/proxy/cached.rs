@@ -49,6 +49,9 @@ pub struct CacheCtx {
     pub stale: Option<Arc<Entry>>,
     /// Held while this request fills the key, so others wait for it.
     pub leader: Option<Leader>,
+    /// The request as it came, for a background refresh to replay: its method (a pure
+    /// route's is judged as a GET in `filing`) and, on a pure route, its body.
+    pub replay: Replay,
     recording: Option<Recording>,
     /// Set once the response head was judged.
     status: Option<Status>,
@@ -58,6 +61,13 @@ struct Recording {
     verdict: Verdict,
     head: http::response::Parts,
     body: BytesMut,
+}
+
+/// What a refresh sends again.
+#[derive(Default)]
+pub struct Replay {
+    pub method: http::Method,
+    pub body: bytes::Bytes,
 }
 
 /// What the cache phase did with a request.
@@ -84,6 +94,7 @@ impl CacheCtx {
             storable,
             stale: None,
             leader: None,
+            replay: Replay::default(),
             recording: None,
             status: None,
         }
@@ -383,7 +394,11 @@ impl Edge {
             (fwd, storable) = (FWD_METHOD, false);
         }
         let filing = self.filing(session, route, ctx.body.as_deref());
-        let cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
+        let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
+        cache_ctx.replay = Replay {
+            method: session.req_header().method.clone(),
+            body: ctx.body.clone().unwrap_or_default(),
+        };
         match lookup(session, &self.parts.cache, cache_ctx).await? {
             Phase::Answered => Ok(true),
             Phase::Refresh(cache_ctx) => {
@@ -462,8 +477,8 @@ impl Edge {
                 };
                 let req = &cache_ctx.filing.request;
                 let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let extra =
-                    signing::headers(&key.0, req.method.as_str(), path_and_query, name).into();
+                let method = cache_ctx.replay.method.as_str();
+                let extra = signing::headers(&key.0, method, path_and_query, name).into();
                 Source::Http {
                     addr: region.address,
                     extra,

@@ -1,5 +1,6 @@
 //! Background refresh for `stale-while-revalidate`: fetch the answer again, off any
-//! request's path, and store it. Origins and regions are asked over a plain HTTP/1.1
+//! request's path, and store it. The request sent is the one refreshed: its method, head
+//! and (on a pure route, whose key holds the body's hash) its body. Origins and regions are asked over a plain HTTP/1.1
 //! client; a task of an edge without regions runs inline.
 
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use super::cached::CacheCtx;
@@ -50,14 +51,23 @@ pub fn spawn(cache: Arc<Cache>, mut ctx: Box<CacheCtx>, source: Source) {
 }
 
 async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response::Parts, Bytes)> {
-    let parts = &ctx.filing.request;
+    let mut parts = ctx.filing.request.clone();
+    parts.method = ctx.replay.method.clone();
+    let body = ctx.replay.body.clone();
     match source {
         Source::Http { addr, extra } => {
             let mut request = http::Request::builder()
                 .method(parts.method.clone())
                 .uri(parts.uri.clone());
+            // The body's framing is this client's to set, for the body it sends.
+            let framing = [
+                http::header::CONTENT_LENGTH,
+                http::header::TRANSFER_ENCODING,
+            ];
             for (name, value) in &parts.headers {
-                request = request.header(name, value);
+                if !framing.contains(name) {
+                    request = request.header(name, value);
+                }
             }
             for (name, value) in extra {
                 request = request.header(name, value);
@@ -66,9 +76,7 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
-            let response = sender
-                .send_request(request.body(Empty::<Bytes>::new())?)
-                .await?;
+            let response = sender.send_request(request.body(Full::new(body))?).await?;
             let (head, body) = response.into_parts();
             Ok((head, body.collect().await?.to_bytes()))
         }
@@ -76,7 +84,7 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
             let slot = runtime
                 .try_slot()
                 .ok_or_else(|| anyhow::anyhow!("no execution slot free"))?;
-            let request = http::Request::from_parts(parts.clone(), Full::new(Bytes::new()));
+            let request = http::Request::from_parts(parts, Full::new(body));
             let mut response = task.call(slot, request, "refresh".into()).await?;
             let (chunks, complete) = response.collect_up_to(usize::MAX).await?;
             anyhow::ensure!(complete, "body not complete");
