@@ -553,3 +553,34 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     assert_eq!(stats["regions"][0]["name"], "only");
     assert_eq!(stats["regions"][0]["healthy"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_region_refusing_the_connection_is_503_no_region() {
+    let key = Key::new();
+    // Nothing listens on either: each connection is refused.
+    let (east, west) = (common::free_addr(), common::free_addr());
+    let routes = "  - match: { path_prefix: /hello }\n    task: hello\n    placement: region\n    region: east\n";
+    let health = "{ interval: 1h, unhealthy_after: 3 }";
+    for post in [false, true] {
+        let edge = edge(
+            &key,
+            &[("east", east), ("west", west)],
+            Setup {
+                routes,
+                health,
+                ..Setup::default()
+            },
+        );
+        let url = format!("{}/hello", edge.base);
+        for _ in 0..2 {
+            let request = if post {
+                client().post(&url).body("x")
+            } else {
+                client().get(&url)
+            };
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 503, "post: {post}");
+            assert_eq!(resp.headers()["x-poplar-error"], "no-region");
+        }
+    }
+}
