@@ -243,6 +243,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         listen,
         threads: 1,
         admin: None,
+        key_source: None,
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
         regions: Vec::new(),
@@ -285,6 +286,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         listen: addrs.edge,
         threads: 2,
         admin: Some(addrs.admin),
+        key_source: None,
         forwarding_key: Some(key),
         placement: PlacementSpec {
             hot_threshold: 5.0,

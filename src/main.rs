@@ -38,6 +38,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the config file's JSON Schema, for editors to validate and complete configs.
+    Schema,
     /// Start an origin, two regions and an edge with the example tasks on loopback.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -60,6 +62,14 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
+        Command::Schema => {
+            let schema = poplar::config::schema::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Demo {
             listen,
             origin,

@@ -93,13 +93,7 @@ fn fail(source: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
 
 fn no_key(source: &Path) -> ConfigErrors {
     let message = "no forwarding key".to_string();
-    fail(
-        source,
-        vec![ConfigError {
-            path: "forwarding".into(),
-            message,
-        }],
-    )
+    fail(source, vec![ConfigError::new("forwarding", message)])
 }
 
 /// The edge: tasks of `placement: edge` routes are loaded now; the others when they turn hot.
@@ -156,10 +150,10 @@ fn versions(config: &Config, source: &Path) -> Result<HashMap<String, String>, C
             Ok(bytes) => {
                 versions.insert(task.name.clone(), wasm::digest(&bytes));
             }
-            Err(e) => errors.push(ConfigError {
-                path: format!("tasks.{}.wasm", task.name),
-                message: format!("cannot read: {e}"),
-            }),
+            Err(e) => errors.push(ConfigError::new(
+                format!("tasks.{}.wasm", task.name),
+                format!("cannot read: {e}"),
+            )),
         }
     }
     if errors.is_empty() {
@@ -194,10 +188,7 @@ fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
         let message = format!("cannot set up the wasm engine for this many instances: {e:#}");
         fail(
             source,
-            vec![ConfigError {
-                path: "placement.max_inline".into(),
-                message,
-            }],
+            vec![ConfigError::new("placement.max_inline", message)],
         )
     })
 }
@@ -214,10 +205,7 @@ fn load<'a>(
     }
     let errors = failed
         .into_iter()
-        .map(|(name, e)| ConfigError {
-            path: format!("tasks.{name}.wasm"),
-            message: e.to_string(),
-        })
+        .map(|(name, e)| ConfigError::new(format!("tasks.{name}.wasm"), e.to_string()))
         .collect();
     Err(fail(source, errors))
 }

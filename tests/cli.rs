@@ -70,16 +70,16 @@ routes:
     let stderr =
         String::from_utf8_lossy(&out.stderr).replace(&dir.path().display().to_string(), "DIR");
     let expected = r#"DIR/poplar.yaml: 10 problems
-  listen: invalid socket address syntax
-  threads: invalid type: string "many", expected usize
-  tasks.bad name: names use letters, digits, '.', '_' and '-', and start with a letter or digit
+  listen: invalid socket address syntax (line 2, column 9)
+  threads: invalid type: string "many", expected usize (line 3, column 10)
+  tasks.bad name: names use letters, digits, '.', '_' and '-', and start with a letter or digit (line 8, column 5)
+  tasks.bad name.limits.memory: invalid size "lots"; use a size such as 64MiB or 512KiB (line 9, column 23)
+  tasks.bad name.limits.cpu: unknown field `cpu`, expected one of `memory`, `timeout`, `max_body` (line 9, column 49)
+  routes[1].match.path: must start with "/" (line 13, column 20)
+  routes[1].task: unknown task "missing" (line 14, column 11)
+  routes[2].match.host: must be a host name such as example.com or *.example.com, without port (line 15, column 20)
+  routes[2].origin: invalid socket address syntax (line 16, column 13)
   tasks.bad name.wasm: cannot read "DIR/nowhere.wasm": No such file or directory (os error 2)
-  tasks.bad name.limits.cpu: unknown key; expected one of: memory, timeout, max_body
-  tasks.bad name.limits.memory: invalid size "lots"; use a size such as 64MiB or 512KiB
-  routes[1].match.path: must start with "/"
-  routes[1].task: unknown task "missing"
-  routes[2].match.host: must be a host name such as example.com or *.example.com, without port
-  routes[2].origin: invalid socket address syntax
 "#;
     assert_eq!(stderr, expected);
 }
@@ -186,4 +186,30 @@ mod reqwest {
         let (_, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
         Ok(body.to_string())
     }
+}
+
+#[test]
+fn schema_prints_a_json_schema_of_the_config_file() {
+    let out = poplar().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(schema["title"], "Poplar config");
+    assert_eq!(
+        schema["additionalProperties"], false,
+        "unknown keys refused"
+    );
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .expect("required keys")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(required, ["role", "listen"]);
+    let modes: Vec<&str> = schema["$defs"]["Mode"]["oneOf"]
+        .as_array()
+        .expect("placement modes")
+        .iter()
+        .filter_map(|v| v["const"].as_str())
+        .collect();
+    assert_eq!(modes, ["auto", "edge", "region"]);
 }

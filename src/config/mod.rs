@@ -1,11 +1,17 @@
 //! The server's YAML config: the schema users write, compiled into the runtime structs the
 //! rest of Poplar reads.
 //!
-//! Loading happens in two layers. `schema` walks the parsed YAML and checks every key and
-//! value, collecting every problem with its path (`routes[2].task: unknown task "helo"`)
-//! instead of stopping at the first. What comes out is plain data: [`Config`].
+//! Reading a config goes one way, each step its own module: [`source`] reads the YAML into
+//! a tree that knows each node's line and column; [`schema`] is the file's shape as serde
+//! types (unknown keys rejected), deserialized with every type error collected; `compile`
+//! turns it into the runtime model below, checking bounds and references. None of these
+//! does I/O: [`prepare`] then reads the forwarding key and checks the wasm files. Every
+//! problem is reported at once, with its path (`routes[2].task: unknown task "helo"`) and,
+//! where the YAML or a type is wrong, its line and column.
 
-mod schema;
+mod compile;
+pub mod schema;
+mod source;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -16,7 +22,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use schema::parse;
+/// The environment variable holding the forwarding key when no `key_file` is given.
+pub const FORWARDING_KEY_ENV: &str = "POPLAR_FORWARDING_KEY";
+const MIN_KEY_BYTES: usize = 16;
 
 /// A validated server config.
 #[derive(Debug, Clone)]
@@ -27,8 +35,9 @@ pub struct Config {
     pub threads: usize,
     /// Where the admin endpoint (`/stats`) listens, if anywhere.
     pub admin: Option<SocketAddr>,
-    /// The key edges sign forwarded requests with and regions check; needed by an edge
-    /// with regions and by a region.
+    /// Where the forwarding key comes from: set for an edge with regions and a region.
+    pub key_source: Option<KeySource>,
+    /// The key edges sign forwarded requests with and regions check, once [`prepare`]d.
     pub forwarding_key: Option<ForwardingKey>,
     pub placement: PlacementSpec,
     /// Edge only; sorted by name.
@@ -39,6 +48,15 @@ pub struct Config {
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,
+}
+
+/// Where a forwarding key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `forwarding.key_file`, resolved against the config's folder.
+    File(PathBuf),
+    /// [`FORWARDING_KEY_ENV`].
+    Env,
 }
 
 /// A shared secret, kept out of `Debug` output.
@@ -146,7 +164,7 @@ impl Default for HealthSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Edge,
@@ -195,7 +213,7 @@ pub struct RouteSpec {
 }
 
 /// A task route's placement policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Inline when hot, resident, fitting and a slot is free; else forwarded.
@@ -233,15 +251,132 @@ pub struct ConfigError {
     /// A path into the document, such as `routes[2].match.path_prefix`; empty for the whole file.
     pub path: String,
     pub message: String,
+    /// Line and column, where the YAML or a value's type is wrong.
+    pub location: Option<(u64, u64)>,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+            location: None,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
         }
+        f.write_str(&self.message)?;
+        if let Some((line, column)) = self.location {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a config document and [`prepare`]s it. `base` is the folder relative paths
+/// resolve from.
+pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let (config, mut errors) = read(text, base);
+    // The files are checked even when the text has problems: all are listed at once.
+    if let Some(config) = config {
+        match prepare(config, |name| std::env::var(name).ok()) {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(more) => errors.extend(more),
+        }
+    }
+    Err(errors)
+}
+
+/// Reads and checks a config document, without touching files or the environment.
+pub fn compile(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    match read(text, base) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// The config as far as it could be built, and every problem found in the text.
+fn read(text: &str, base: &Path) -> (Option<Config>, Vec<ConfigError>) {
+    let doc = match source::Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => return (None, vec![e]),
+    };
+    if !doc.value.is_object() {
+        let message = "expected a mapping of config keys at the top of the file";
+        let mut error = ConfigError::new("", message);
+        error.location = doc.locate("");
+        return (None, vec![error]);
+    }
+    let declared = compile::Declared::of(&doc.value);
+    let mut reported = source::Reported::default();
+    let config = doc
+        .deserialize::<schema::File>(&mut reported)
+        .and_then(|file| compile::compile(file, &declared, base, &mut reported));
+    (config, reported.in_file_order(&doc))
+}
+
+/// What a compiled config needs from outside: the forwarding key (from its file, or from
+/// the environment through `env`) and the task's wasm files, which must exist.
+pub fn prepare(
+    mut config: Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    for task in config.tasks.values() {
+        let path = format!("tasks.{}.wasm", task.name);
+        match std::fs::metadata(&task.wasm) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => errors.push(ConfigError::new(
+                path,
+                format!("{:?} is not a file", task.wasm),
+            )),
+            Err(e) => {
+                let shown = task.wasm.display();
+                errors.push(ConfigError::new(
+                    path,
+                    format!("cannot read \"{shown}\": {e}"),
+                ));
+            }
+        }
+    }
+    let key = match &config.key_source {
+        Some(KeySource::File(file)) => match std::fs::read(file) {
+            Ok(bytes) => Some(("forwarding.key_file", bytes.trim_ascii().to_vec())),
+            Err(e) => {
+                let message = format!("cannot read {:?}: {e}", file.display().to_string());
+                errors.push(ConfigError::new("forwarding.key_file", message));
+                None
+            }
+        },
+        Some(KeySource::Env) => match env(FORWARDING_KEY_ENV) {
+            Some(key) => Some(("forwarding", key.trim().as_bytes().to_vec())),
+            None => {
+                let message = format!(
+                    "no forwarding key: set {FORWARDING_KEY_ENV} or forwarding.key_file (edges with regions and regions need one)"
+                );
+                errors.push(ConfigError::new("forwarding", message));
+                None
+            }
+        },
+        None => env(FORWARDING_KEY_ENV).map(|key| ("forwarding", key.trim().as_bytes().to_vec())),
+    };
+    if let Some((path, key)) = key {
+        if key.len() < MIN_KEY_BYTES {
+            let message = format!("the forwarding key must be at least {MIN_KEY_BYTES} bytes");
+            errors.push(ConfigError::new(path, message));
+        }
+        config.forwarding_key = Some(ForwardingKey(key));
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
     }
 }
 
@@ -268,10 +403,7 @@ impl fmt::Display for ConfigErrors {
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
     let fail = |message: String| ConfigErrors {
         file: file.to_path_buf(),
-        errors: vec![ConfigError {
-            path: String::new(),
-            message,
-        }],
+        errors: vec![ConfigError::new("", message)],
     };
     let text = std::fs::read_to_string(file).map_err(|e| fail(format!("cannot read: {e}")))?;
     let base = file.parent().unwrap_or(Path::new("."));

@@ -1,11 +1,44 @@
 //! Typed config values: byte sizes (`64MiB`) and durations (`50ms`).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer};
 
 /// A byte size: `64MiB`, `512KiB`, `1GB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy)]
 pub struct Size(pub u64);
+
+impl JsonSchema for Size {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A byte size such as 64MiB or 512KiB, or a number of bytes",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^\\s*[0-9.]+\\s*[A-Za-z]*\\s*$" }
+            ]
+        })
+    }
+}
+
+/// A duration such as `50ms`, `2s` or `1m 30s`.
+impl JsonSchema for Dur {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as 50ms, 2s or 1m 30s",
+            "type": "string"
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -33,6 +66,7 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 /// A duration: `50ms`, `2s`, `1m 30s`.
+#[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
