@@ -1,5 +1,6 @@
 //! The cache's per-request work: building a key, a lookup that hits, and a store.
 //! Run with `cargo bench --bench cache`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use std::hint::black_box;
 use std::time::SystemTime;

@@ -3,6 +3,7 @@
 //!
 //! Reference in the same run: the same loop with a task that answers nothing (`trap`),
 //! and the bare cost of taking a slot. Run with `cargo bench --bench inline`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use std::path::PathBuf;
 use std::sync::Arc;

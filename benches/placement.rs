@@ -1,6 +1,7 @@
 //! The placement decision: the pure admission function, the whole `Placer::place` for a hot
 //! resident task (heat bookkeeping, decision, taking a slot), and region choice.
 //! Run with `cargo bench --bench placement`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use std::hint::black_box;
 use std::path::PathBuf;

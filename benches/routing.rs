@@ -1,5 +1,6 @@
 //! Route matching over a realistic table: exact paths, prefixes, hosts and methods.
 //! Run with `cargo bench --bench routing`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use poplar::config::{Match, Mode, PathMatch, RouteSpec, Target};

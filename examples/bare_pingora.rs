@@ -4,6 +4,7 @@
 //! single-threaded runtime per thread, jemalloc). What Poplar adds is the difference.
 //!
 //!   cargo run --release --example bare_pingora -- --listen 127.0.0.1:9200 --origin 127.0.0.1:8080
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -3,6 +3,7 @@
 //! Used by `scripts/bench.sh`'s mixed scenario.
 //!
 //!   cargo run --release --example relay -- --listen 127.0.0.1:9100 --to 127.0.0.1:8181 --delay-ms 20
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! End-to-end: the edge's result cache, on task routes (inline and forwarded) and origin
 //! routes, under HTTP caching rules.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

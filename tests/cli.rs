@@ -1,5 +1,6 @@
 //! The `poplar` binary: `check` on every shipped config and on broken ones, and `serve`
 //! as a real process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! HTTP/1 framing that two peers could read differently is refused with 400 and the
 //! connection closed, so no client's bytes reach an origin inside another client's request;
 //! pipelined requests are answered in order.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

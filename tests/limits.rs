@@ -1,5 +1,6 @@
 //! End-to-end: abusive guests are stopped at their limits with the right status, while
 //! other requests keep being served; bodies over the limit get 413.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End-to-end: origin routes proxied like a CDN, 404 for no route, 502 for a dead origin,
 //! and clients' `x-poplar-*` headers never reaching anyone.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

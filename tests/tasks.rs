@@ -1,4 +1,5 @@
 //! End-to-end: each example task served inline by a real edge, over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

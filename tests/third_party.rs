@@ -1,5 +1,6 @@
 //! End-to-end: a component nobody here wrote, built for `wasmtime serve -S cli`, runs
 //! unchanged: the `http_server` example shipped in the published `wstd` crate.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Shared test harness: real servers on ephemeral loopback ports, real wasm components
 //! built from `tasks/`, and a real HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic here fails a test or a bench run
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
