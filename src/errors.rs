@@ -37,29 +37,190 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// What each kind answers and how loudly it is logged: the one table.
+struct Row {
+    status: u16,
+    name: &'static str,
+    /// The body of the response: says what happened, names nothing internal.
+    message: &'static str,
+    /// error: a request failed on our side or upstream; warn: refused for cause, or
+    /// recovered; info: the client's own mistake; debug: routine (a scanner's 404).
+    level: log::Level,
+}
+
+const fn row(status: u16, name: &'static str, message: &'static str, level: log::Level) -> Row {
+    Row {
+        status,
+        name,
+        message,
+        level,
+    }
+}
+
 impl ErrorKind {
-    /// The HTTP status and the `x-poplar-error` value.
-    pub fn status_and_name(self) -> (u16, &'static str) {
+    fn row(self) -> Row {
+        use log::Level::{Debug, Error, Info, Warn};
         match self {
-            ErrorKind::NoRoute => (404, "no-route"),
-            ErrorKind::TooLarge => (413, "too-large"),
-            ErrorKind::BadRequest => (400, "bad-request"),
-            ErrorKind::Trap => (500, "trap"),
-            ErrorKind::Memory => (500, "memory"),
-            ErrorKind::Deadline => (504, "deadline"),
-            ErrorKind::Task => (500, "task"),
-            ErrorKind::Busy => (503, "busy"),
-            ErrorKind::Origin => (502, "origin"),
-            ErrorKind::NoRegion => (503, "no-region"),
-            ErrorKind::Region => (502, "region"),
-            ErrorKind::Unsigned => (401, "unsigned"),
-            ErrorKind::BadSignature => (403, "bad-signature"),
-            ErrorKind::UnknownTask => (404, "unknown-task"),
-            ErrorKind::Internal => (500, "internal"),
+            ErrorKind::NoRoute => row(404, "no-route", "no route matches this request", Debug),
+            ErrorKind::TooLarge => row(
+                413,
+                "too-large",
+                "the request body is too large for this task",
+                Info,
+            ),
+            ErrorKind::BadRequest => row(400, "bad-request", "the request is malformed", Info),
+            ErrorKind::Trap => row(500, "trap", "the task trapped", Error),
+            ErrorKind::Memory => row(500, "memory", "the task reached its memory limit", Error),
+            ErrorKind::Deadline => row(504, "deadline", "the task ran past its deadline", Error),
+            ErrorKind::Task => row(500, "task", "the task gave no usable response", Error),
+            ErrorKind::Busy => row(503, "busy", "no execution slot is free", Warn),
+            ErrorKind::Origin => row(
+                502,
+                "origin",
+                "the origin could not be reached or failed",
+                Error,
+            ),
+            ErrorKind::NoRegion => row(
+                503,
+                "no-region",
+                "no healthy region can run this task",
+                Error,
+            ),
+            ErrorKind::Region => row(
+                502,
+                "region",
+                "the region could not be reached or failed",
+                Error,
+            ),
+            ErrorKind::Unsigned => row(
+                401,
+                "unsigned",
+                "task requests must come from an edge, signed",
+                Warn,
+            ),
+            ErrorKind::BadSignature => row(
+                403,
+                "bad-signature",
+                "the request's edge signature does not hold",
+                Warn,
+            ),
+            ErrorKind::UnknownTask => {
+                row(404, "unknown-task", "this region has no such task", Warn)
+            }
+            ErrorKind::Internal => row(
+                500,
+                "internal",
+                "Poplar failed to answer this request",
+                Error,
+            ),
         }
     }
 
+    /// The HTTP status and the `x-poplar-error` value.
+    pub fn status_and_name(self) -> (u16, &'static str) {
+        let row = self.row();
+        (row.status, row.name)
+    }
+
     pub fn status(self) -> u16 {
-        self.status_and_name().0
+        self.row().status
+    }
+
+    /// The one-line body of the response.
+    pub fn message(self) -> &'static str {
+        self.row().message
+    }
+
+    /// The level the response is logged at.
+    pub fn level(self) -> log::Level {
+        self.row().level
+    }
+
+    /// A Pingora error carrying this kind as its cause, for returning from a phase: the
+    /// kind travels to `fail_to_proxy` as a type, never guessed back from a status.
+    pub fn to_pingora(self, detail: impl Into<String>) -> Box<pingora_error::Error> {
+        let failure = Failure {
+            kind: self,
+            detail: detail.into(),
+        };
+        let etype = pingora_error::ErrorType::HTTPStatus(self.status());
+        pingora_error::Error::because(etype, self.row().name, failure)
+    }
+
+    /// The kind a Pingora error carries, if one of ours made it.
+    pub fn carried_by(e: &pingora_error::Error) -> Option<ErrorKind> {
+        let mut cause = e.cause.as_deref();
+        while let Some(c) = cause {
+            if let Some(failure) = c.downcast_ref::<Failure>() {
+                return Some(failure.kind);
+            }
+            // Pingora wraps errors as `Box<Error>` causes.
+            if let Some(inner) = c.downcast_ref::<Box<pingora_error::Error>>() {
+                cause = inner.cause.as_deref();
+            } else if let Some(inner) = c.downcast_ref::<pingora_error::Error>() {
+                cause = inner.cause.as_deref();
+            } else {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+/// One of our kinds with what happened, as a Pingora error's cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_survives_the_trip_through_pingora() {
+        let e = ErrorKind::NoRegion.to_pingora("every region refused the connection");
+        assert_eq!(ErrorKind::carried_by(&e), Some(ErrorKind::NoRegion));
+        let wrapped = pingora_error::Error::because(
+            pingora_error::ErrorType::ConnectRefused,
+            "while connecting",
+            e,
+        );
+        assert_eq!(ErrorKind::carried_by(&wrapped), Some(ErrorKind::NoRegion));
+        let plain = pingora_error::Error::explain(pingora_error::ErrorType::HTTPStatus(503), "x");
+        assert_eq!(
+            ErrorKind::carried_by(&plain),
+            None,
+            "a status alone is not a kind"
+        );
+    }
+
+    #[test]
+    fn messages_are_one_line_and_name_nothing_internal() {
+        for kind in [
+            ErrorKind::NoRoute,
+            ErrorKind::TooLarge,
+            ErrorKind::BadRequest,
+            ErrorKind::Trap,
+            ErrorKind::Memory,
+            ErrorKind::Deadline,
+            ErrorKind::Task,
+            ErrorKind::Busy,
+            ErrorKind::Origin,
+            ErrorKind::NoRegion,
+            ErrorKind::Region,
+            ErrorKind::Unsigned,
+            ErrorKind::BadSignature,
+            ErrorKind::UnknownTask,
+            ErrorKind::Internal,
+        ] {
+            let message = kind.message();
+            assert!(
+                !message.contains('\n') && !message.contains(':'),
+                "{kind:?}"
+            );
+        }
     }
 }

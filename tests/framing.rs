@@ -211,3 +211,20 @@ fn pipelined_requests_are_answered_in_order() {
         );
     }
 }
+
+#[test]
+fn error_bodies_name_no_internal_address() {
+    let origin = NaiveOrigin::start();
+    let edge = edge_before(origin.addr);
+    let (answer, _) = exchange(
+        &edge,
+        b"POST /a HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), "400", "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert_eq!(body, "the request is malformed\n", "{answer}");
+    assert!(
+        !answer.contains(&origin.addr.port().to_string()),
+        "{answer}"
+    );
+}

@@ -140,10 +140,7 @@ impl Edge {
     fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
         let chosen = self.parts.regions.choose(fwd.home, &fwd.tried);
         let Some(spec) = chosen.and_then(|i| self.parts.regions.spec(i).map(|s| (i, s))) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no healthy region",
-            ));
+            return Err(ErrorKind::NoRegion.to_pingora("no healthy region"));
         };
         let (i, spec) = spec;
         fwd.attempt = Some((i, Instant::now()));
@@ -208,7 +205,7 @@ impl ProxyHttp for Edge {
             .router
             .route(host, req.uri.path(), req.method.as_str())
         else {
-            respond::error(session, ErrorKind::NoRoute, "no route matches this request").await?;
+            respond::error(session, ErrorKind::NoRoute, "").await?;
             return Ok(true);
         };
         if route.cache.is_some() && self.cache_phase(session, ctx, route).await? {
@@ -266,10 +263,7 @@ impl ProxyHttp for Edge {
             self.parts.regions.record_failure(i);
             fwd.tried.push(i);
             if !self.parts.regions.can_fail_over(&fwd.tried) {
-                return Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    "every region refused the connection",
-                );
+                return ErrorKind::NoRegion.to_pingora(format!("every region refused: {e}"));
             }
             // Nothing was sent: trying the next region is always safe.
             e.set_retry(true);
@@ -344,11 +338,13 @@ impl ProxyHttp for Edge {
         Ok(None)
     }
 
+    /// `fail_to_proxy` logs every error it answers, once, at its kind's level.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        true
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let kind = respond::classify_proxy_error(e).map(|kind| match kind {
-            ErrorKind::Origin if ctx.forward.is_some() => ErrorKind::Region,
-            other => other,
-        });
+        let kind = respond::classify_proxy_error(e, ctx.forward.is_some());
         let Some(kind) = kind else {
             return FailToProxy {
                 error_code: 0,
@@ -365,17 +361,11 @@ impl ProxyHttp for Edge {
                 can_reuse_downstream: false,
             };
         }
-        let message = match kind {
-            ErrorKind::Origin => "the origin could not be reached or failed".to_string(),
-            ErrorKind::Region => "the region could not be reached or failed".to_string(),
-            ErrorKind::NoRegion => "no healthy region can run this task".to_string(),
-            _ => e.to_string(),
-        };
         let status = ctx
             .cache
             .as_ref()
             .map(|c| ("cache-status", c.error_status()));
-        if let Err(write) = respond::error_with(session, kind, &message, status).await {
+        if let Err(write) = respond::error_with(session, kind, &e.to_string(), None, status).await {
             log::debug!("cannot write the error response: {write}");
         }
         FailToProxy {

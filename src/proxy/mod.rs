@@ -87,12 +87,6 @@ async fn refuse_bad_framing(session: &mut Session) -> pingora_error::Result<bool
             Ok(false)
         }
         Err(refusal) => {
-            log::info!(
-                "refused a request from {}: {refusal}",
-                session
-                    .client_addr()
-                    .map_or_else(String::new, ToString::to_string)
-            );
             session.set_keepalive(None);
             respond::error(session, ErrorKind::BadRequest, &refusal.to_string()).await?;
             Ok(true)

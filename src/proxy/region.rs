@@ -101,10 +101,6 @@ impl ProxyHttp for RegionServer {
         let name = match self.authorize(session.req_header()) {
             Ok(name) => name,
             Err((kind, message)) => {
-                log::warn!(
-                    "refused a task request from {:?}: {message}",
-                    session.client_addr().map(ToString::to_string)
-                );
                 session.set_keepalive(None);
                 respond::error(session, kind, &message).await?;
                 return Ok(true);

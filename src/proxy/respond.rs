@@ -8,24 +8,48 @@ use pingora_proxy::Session;
 
 use crate::errors::ErrorKind;
 
-/// Writes an error response: the kind's status, a one-line plain-text body, and
-/// `x-poplar-error`. Does nothing if a response has already started.
-pub async fn error(session: &mut Session, kind: ErrorKind, message: &str) -> Result<()> {
-    error_with(session, kind, message, None).await
+/// Writes an error response: the kind's status, its one-line plain-text message, and
+/// `x-poplar-error`; logs it once, at the kind's level, with `detail` (which the client
+/// never sees: it may name internal addresses or a guest's backtrace). Does nothing if a
+/// response has already started.
+pub async fn error(session: &mut Session, kind: ErrorKind, detail: &str) -> Result<()> {
+    error_with(session, kind, detail, None, None).await
 }
 
-/// [`error`], with one more header (a `Cache-Status`).
+/// [`error`], with what the client may be told beyond the kind's message (`shown`, after a
+/// colon), and one more header (a `Cache-Status`).
 pub async fn error_with(
     session: &mut Session,
     kind: ErrorKind,
-    message: &str,
+    detail: &str,
+    shown: Option<&str>,
     extra: Option<(&'static str, String)>,
 ) -> Result<()> {
-    if session.response_written().is_some() {
+    let (status, name) = kind.status_and_name();
+    let req = session.req_header();
+    let started = session.response_written().is_some();
+    log::log!(
+        kind.level(),
+        "{status} {name}{}: {} {} from {}: {detail}",
+        if started {
+            " after the response began"
+        } else {
+            ""
+        },
+        req.method,
+        req.uri.path(),
+        session
+            .client_addr()
+            .map_or_else(String::new, ToString::to_string),
+    );
+    if started {
         return Ok(());
     }
-    let (status, name) = kind.status_and_name();
-    let body = Bytes::from(format!("{message}\n"));
+    let body = match shown {
+        Some(shown) => format!("{}: {shown}\n", kind.message()),
+        None => format!("{}\n", kind.message()),
+    };
+    let body = Bytes::from(body);
     let mut head = ResponseHeader::build(status, Some(4))?;
     head.insert_header("content-type", "text/plain; charset=utf-8")?;
     head.insert_header("content-length", body.len())?;
@@ -38,27 +62,23 @@ pub async fn error_with(
     session.write_response_body(Some(body), true).await
 }
 
-/// The kind of a proxying failure, or `None` when the client is gone and nobody can be told.
-pub fn classify_proxy_error(e: &Error) -> Option<ErrorKind> {
-    if let ErrorType::HTTPStatus(code) = e.etype() {
-        return Some(match code {
-            400 => ErrorKind::BadRequest,
-            413 => ErrorKind::TooLarge,
-            503 => ErrorKind::NoRegion,
-            _ => ErrorKind::Internal,
-        });
+/// The kind of a proxying failure, or `None` when the client is gone and nobody can be
+/// told. A kind of ours travels as the error's cause; anything else is Pingora's, judged
+/// by where it came from: upstream is the origin, or the region when `forwarded`.
+pub fn classify_proxy_error(e: &Error, forwarded: bool) -> Option<ErrorKind> {
+    if let Some(kind) = ErrorKind::carried_by(e) {
+        return Some(kind);
     }
     match e.esource() {
+        ErrorSource::Upstream if forwarded => Some(ErrorKind::Region),
         ErrorSource::Upstream => Some(ErrorKind::Origin),
         ErrorSource::Downstream => match e.etype() {
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
             _ => Some(ErrorKind::BadRequest),
         },
-        ErrorSource::Internal | ErrorSource::Unset => Some(ErrorKind::Internal),
+        ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+            ErrorType::HTTPStatus(400..=499) => Some(ErrorKind::BadRequest),
+            _ => Some(ErrorKind::Internal),
+        },
     }
-}
-
-/// A Pingora error carrying one of our kinds, for returning from a phase.
-pub fn as_pingora_error(kind: ErrorKind, message: String) -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(kind.status()), message)
 }

@@ -75,12 +75,10 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
         Ok(body) => body,
         Err(kind) => {
             let message = match kind {
-                ErrorKind::TooLarge => {
-                    format!("request body is larger than {} bytes", task.limits.max_body)
-                }
+                ErrorKind::TooLarge => format!("body over {} bytes", task.limits.max_body),
                 _ => "cannot read the request body".to_string(),
             };
-            fail(session, &run, kind, &message).await?;
+            fail(session, &run, kind, &message, None).await?;
             return Ok(Served::Answered);
         }
     };
@@ -97,7 +95,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
                     run.request_id,
                     task.name
                 );
-                fail(session, &run, ErrorKind::Busy, "no execution slot is free").await?;
+                fail(session, &run, ErrorKind::Busy, "", None).await?;
                 return Ok(Served::Answered);
             };
             slot
@@ -121,8 +119,8 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
             return Ok(Served::FallBack);
         }
         Err(e) => {
-            log::error!("[{}] task {}: {e}", run.request_id, task.name);
-            fail(session, &run, e.kind(), &e.to_string()).await?;
+            let detail = format!("[{}] task {}: {e}", run.request_id, task.name);
+            fail(session, &run, e.kind(), &detail, e.shown().as_deref()).await?;
             return Ok(Served::Answered);
         }
     };
@@ -165,13 +163,14 @@ async fn fail(
     session: &mut Session,
     run: &Inline<'_>,
     kind: ErrorKind,
-    message: &str,
+    detail: &str,
+    shown: Option<&str>,
 ) -> Result<()> {
     let status = run
         .cache
         .as_ref()
         .map(|(_, ctx)| ("cache-status", ctx.error_status()));
-    respond::error_with(session, kind, message, status).await
+    respond::error_with(session, kind, detail, shown, status).await
 }
 
 /// Streams the rest of a long body. A failure now can only cut the response short.
@@ -194,13 +193,11 @@ async fn stream_rest(
                 }
                 return session.write_response_body(None, true).await;
             }
+            // Logged where the error is answered (`fail_to_proxy`), which can only cut
+            // the response short now: a chunked body without its last chunk.
             Err(e) => {
-                log::error!(
-                    "[{}] task {} failed mid-response: {e}",
-                    run.request_id,
-                    run.task.name
-                );
-                return Err(respond::as_pingora_error(e.kind(), e.to_string()));
+                let detail = format!("[{}] task {}: {e}", run.request_id, run.task.name);
+                return Err(e.kind().to_pingora(detail));
             }
         }
     }

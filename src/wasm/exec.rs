@@ -37,6 +37,16 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// What the client may be told beyond the kind: a trap's reason, on one line (the task's
+    /// author debugs with it, as under `wasmtime serve`); nothing of the host.
+    pub fn shown(&self) -> Option<String> {
+        let TaskError::Trap(reason) = self else {
+            return None;
+        };
+        let line = reason.lines().next().unwrap_or_default();
+        Some(line.chars().take(200).collect())
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             TaskError::Deadline => ErrorKind::Deadline,
