@@ -19,6 +19,7 @@ fn placement(c: &mut Criterion) {
     let facts = Facts {
         mode: Mode::Auto,
         hot: true,
+        below_floor: false,
         residency: Residency::Ready,
         fits: true,
         cooling_off: false,
@@ -65,6 +66,7 @@ fn placement(c: &mut Criterion) {
             || match placer.place(black_box("hello"), Mode::Auto, Some(0)) {
                 Placement::Inline { slot, .. } => drop(slot),
                 Placement::Forward(reason) => panic!("forwarded: {reason:?}"),
+                Placement::Unknown => panic!("hello is unknown"),
             },
         )
     });

@@ -61,6 +61,9 @@ pub enum Residency {
 pub struct Facts {
     pub mode: Mode,
     pub hot: bool,
+    /// Hot, but colder than every task the edge keeps resident (and the set is full): it
+    /// would only evict a hotter one, so it stays forwarded as cold.
+    pub below_floor: bool,
     pub residency: Residency,
     /// The task's declared memory and deadline fit the edge's inline limits.
     pub fits: bool,
@@ -85,7 +88,7 @@ pub fn decide(f: &Facts) -> Decision {
         Mode::Region => return Decision::Forward(Reason::Pinned),
         Mode::Auto => {}
     }
-    if !f.hot {
+    if !f.hot || f.below_floor {
         return Decision::Forward(Reason::Cold);
     }
     let body_fits = f.body_len.is_some_and(|n| n <= f.max_inline_body);
@@ -108,6 +111,7 @@ mod tests {
     const READY: Facts = Facts {
         mode: Mode::Auto,
         hot: true,
+        below_floor: false,
         residency: Residency::Ready,
         fits: true,
         cooling_off: false,
@@ -123,6 +127,13 @@ mod tests {
             (
                 Facts {
                     hot: false,
+                    ..READY
+                },
+                Reason::Cold,
+            ),
+            (
+                Facts {
+                    below_floor: true,
                     ..READY
                 },
                 Reason::Cold,

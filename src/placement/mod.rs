@@ -35,6 +35,9 @@ pub enum Placement {
         reason: Reason,
     },
     Forward(Reason),
+    /// The task is not one this edge has (or a pinned task's code is missing): a bug in
+    /// start-up, answered as an internal error.
+    Unknown,
 }
 
 /// The edge's placement state for every task of its config.
@@ -141,71 +144,86 @@ impl Placer {
         &self.runtime
     }
 
-    /// Counts a request for `task` and decides where it runs.
+    /// Counts a request for `task` and decides where it runs: gathers the facts, then one
+    /// pure [`admission::decide`] says where and why. The only actions are what the decision
+    /// implies: a hot task not yet compiled is sent to the compiler, and an inline run takes
+    /// an execution slot (taking it is the "slot free" fact).
     pub fn place(self: &Arc<Self>, task: &str, mode: Mode, body_len: Option<u64>) -> Placement {
         let Some(entry) = self.tasks.get(task) else {
-            return Placement::Forward(Reason::Pinned);
+            return Placement::Unknown;
         };
         let now = Instant::now();
-        let (mut facts, ready, candidate, rate) = {
+        let (mut facts, code, promote) = self.facts(entry, mode, body_len, now);
+        if promote {
+            self.promote(entry);
+        }
+        let mut slot = None;
+        if admission::decide(&facts) == Decision::Inline(Reason::Hot) {
+            slot = self.runtime.try_slot();
+            facts.slot_free = slot.is_some();
+        }
+        match admission::decide(&facts) {
+            Decision::Forward(reason) => Placement::Forward(reason),
+            Decision::Inline(reason) => match code.or_else(|| entry.pinned.clone()) {
+                Some(task) => Placement::Inline { task, slot, reason },
+                // Pinned routes' code is loaded at start; without it nothing can run here.
+                None => Placement::Unknown,
+            },
+        }
+    }
+
+    /// What the decision looks at, for one request at `now` (counted here); the code, if it
+    /// is ready; and whether the task should be compiled now (hot, fits, not yet asked for,
+    /// and hotter than the resident set's floor).
+    fn facts(
+        &self,
+        entry: &TaskEntry,
+        mode: Mode,
+        body_len: Option<u64>,
+        now: Instant,
+    ) -> (Facts, Option<Arc<Task>>, bool) {
+        let (hot, rate, residency, code, absent, cooling_off) = {
             let mut state = lock(&entry.state);
             state.hotness.observe(now, &self.thresholds);
-            let candidate = mode == Mode::Auto
-                && entry.fits
-                && state.hotness.is_hot()
-                && matches!(state.code, Code::Absent);
-            let (residency, ready) = match &state.code {
+            let (residency, code) = match &state.code {
                 Code::Ready(task) => (Residency::Ready, Some(task.clone())),
                 Code::Absent | Code::Compiling => (Residency::Warming, None),
                 Code::Failed => (Residency::Never, None),
             };
-            let facts = Facts {
-                mode,
-                hot: state.hotness.is_hot(),
+            let cooling_off = state.oversized_until.is_some_and(|until| now < until);
+            let absent = matches!(state.code, Code::Absent);
+            (
+                state.hotness.is_hot(),
+                state.hotness.rate(now),
                 residency,
-                fits: entry.fits,
-                cooling_off: state.oversized_until.is_some_and(|until| now < until),
-                body_len,
-                max_inline_body: self.spec.inline_limits.max_body,
-                slot_free: true,
-            };
-            (facts, ready, candidate, state.hotness.rate(now))
+                code,
+                absent,
+                cooling_off,
+            )
         };
-        if candidate {
-            if self.admission_floor(now).is_none_or(|floor| rate > floor) {
-                let mut state = lock(&entry.state);
-                if matches!(state.code, Code::Absent) {
-                    state.code = Code::Compiling;
-                    drop(state);
-                    self.compile(entry.clone());
-                }
-            } else {
-                // Hot, but colder than every task the edge keeps: it stays forwarded.
-                facts.hot = false;
-            }
-        }
-        match admission::decide(&facts) {
-            Decision::Forward(reason) => Placement::Forward(reason),
-            Decision::Inline(reason) => {
-                let Some(task) = ready.or_else(|| entry.pinned.clone()) else {
-                    return Placement::Forward(Reason::Warming);
-                };
-                if reason == Reason::Pinned {
-                    return Placement::Inline {
-                        task,
-                        slot: None,
-                        reason,
-                    };
-                }
-                match self.runtime.try_slot() {
-                    Some(slot) => Placement::Inline {
-                        task,
-                        slot: Some(slot),
-                        reason,
-                    },
-                    None => Placement::Forward(Reason::Busy),
-                }
-            }
+        let candidate = mode == Mode::Auto && entry.fits && hot && absent;
+        let below_floor = candidate && self.admission_floor(now).is_some_and(|floor| rate <= floor);
+        let facts = Facts {
+            mode,
+            hot,
+            below_floor,
+            residency,
+            fits: entry.fits,
+            cooling_off,
+            body_len,
+            max_inline_body: self.spec.inline_limits.max_body,
+            slot_free: true,
+        };
+        (facts, code, candidate && !below_floor)
+    }
+
+    /// Sends a task that turned hot to the compiler, unless another request did already.
+    fn promote(self: &Arc<Self>, entry: &Arc<TaskEntry>) {
+        let mut state = lock(&entry.state);
+        if matches!(state.code, Code::Absent) {
+            state.code = Code::Compiling;
+            drop(state);
+            self.compile(entry.clone());
         }
     }
 
@@ -321,8 +339,8 @@ impl Placer {
             .tasks
             .iter()
             .map(|(name, entry)| {
-                let mut state = lock(&entry.state);
-                state.hotness.evaluate(now, &self.thresholds);
+                // Reading changes nothing: heat as of the task's last request.
+                let state = lock(&entry.state);
                 let code = match state.code {
                     Code::Absent => "absent",
                     Code::Compiling => "compiling",

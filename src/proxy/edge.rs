@@ -101,6 +101,11 @@ impl Edge {
         let body_len = task::declared_body_len(session.req_header());
         let reason = match self.parts.placer.place(name, mode, body_len) {
             Placement::Forward(reason) => reason,
+            Placement::Unknown => {
+                let detail = format!("task {name} has no code at this edge");
+                respond::error(session, ErrorKind::Internal, &detail).await?;
+                return Ok(true);
+            }
             Placement::Inline { task, slot, reason } => {
                 let run = Inline {
                     runtime: self.parts.placer.runtime(),
