@@ -99,8 +99,18 @@ fn demo(addrs: poplar::demo::DemoAddrs, tasks: PathBuf) -> ExitCode {
 }
 
 fn serve(file: PathBuf) -> ExitCode {
-    let server =
-        poplar::config::load(&file).and_then(|config| poplar::server::build(&config, &file));
+    let config = match poplar::config::load(&file) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Err(e) = poplar::server::probe_listeners(&config) {
+        eprintln!("poplar serve: {e}");
+        return ExitCode::FAILURE;
+    }
+    let server = poplar::server::build(&config, &file);
     match server {
         Ok(server) => {
             log::info!("serving {}", file.display());

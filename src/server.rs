@@ -248,6 +248,33 @@ fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
     }
 }
 
+/// Binds each listening address once and lets it go, before anything starts: an address
+/// that is taken or not ours is an error now, and `poplar serve` exits non-zero, where
+/// Pingora would retry it in a listener thread that then panics with the process still up.
+pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    let listeners = [
+        ("listen", Some(config.listen)),
+        ("admin.listen", config.admin),
+    ];
+    for (key, addr) in listeners.into_iter().filter_map(|(k, a)| Some((k, a?))) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            problems.push(format!("cannot listen on {addr} ({key}): {e}"));
+        }
+    }
+    if let Some(admin) = config.admin
+        && admin.ip().is_unspecified()
+    {
+        log::warn!(
+            "the admin endpoint listens on {admin}: every network that reaches this host can read /stats and purge the cache"
+        );
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => anyhow::bail!("{}", problems.join("; ")),
+    }
+}
+
 /// A server running on a thread of this process, as tests and `poplar demo` use it.
 /// Dropping it stops the server.
 pub struct Running {
@@ -259,6 +286,7 @@ pub struct Running {
 impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
+        probe_listeners(config)?;
         let server = build_with(config, source, true)?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()

@@ -214,3 +214,46 @@ fn schema_prints_a_json_schema_of_the_config_file() {
         .collect();
     assert_eq!(modes, ["auto", "edge", "region"]);
 }
+
+#[test]
+fn serve_exits_at_once_when_it_cannot_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held for the whole test: the address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "role: edge\nlisten: \"{addr}\"\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: 127.0.0.1:9\n"
+        ),
+    );
+    let started = Instant::now();
+    let out = poplar().args(["serve", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "it exits, non-zero");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "without retrying"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr} (listen)")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_admin_endpoint_cannot_share_the_proxys_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        "role: edge\nlisten: 127.0.0.1:8080\nadmin: { listen: 127.0.0.1:8080 }\nroutes:\n  - match: { path_prefix: / }\n    origin: 127.0.0.1:9\n",
+    );
+    let out = poplar().args(["check", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin.listen: is the same address as listen"),
+        "{stderr}"
+    );
+}

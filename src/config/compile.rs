@@ -68,6 +68,12 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    if let Some(admin) = &file.admin
+        && admin.listen == listen
+    {
+        let message = "is the same address as listen: one address, one listener";
+        r.error("admin.listen", message);
+    }
     let placement = file
         .placement
         .map_or_else(PlacementSpec::default, |p| placement(p, r));
