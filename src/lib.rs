@@ -7,6 +7,7 @@
 //! [`admin`] shows it. [`server`] starts it all; [`demo`] is the bundled demo and origin.
 
 pub mod admin;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;

@@ -52,7 +52,7 @@ pub enum Status {
     },
     /// Went forward: `fwd` says why; `stored` whether the answer was kept.
     Forward {
-        fwd: &'static str,
+        fwd: crate::cache::Fwd,
         stored: bool,
         detail: Option<&'static str>,
     },
@@ -80,7 +80,7 @@ impl Status {
                 stored,
                 detail,
             } => {
-                let mut s = format!("poplar; fwd={fwd}");
+                let mut s = format!("poplar; fwd={}", fwd.as_str());
                 if *stored {
                     s += "; stored";
                 }
@@ -169,7 +169,7 @@ mod tests {
         );
         assert_eq!(
             Status::Forward {
-                fwd: "uri-miss",
+                fwd: crate::cache::Fwd::UriMiss,
                 stored: true,
                 detail: None
             }
@@ -178,7 +178,7 @@ mod tests {
         );
         assert_eq!(
             Status::Forward {
-                fwd: "method",
+                fwd: crate::cache::Fwd::Method,
                 stored: false,
                 detail: Some("uncacheable")
             }

@@ -5,6 +5,7 @@
 //! Storage is TinyUFO (S3-FIFO with TinyLFU admission, as Pingora's memory cache uses),
 //! weighted by size. Each primary key holds the variants `Vary` asks for.
 
+pub mod fill;
 pub mod key;
 pub mod lock;
 pub mod policy;
@@ -20,6 +21,7 @@ use http_cache_semantics::{BeforeRequest, CachePolicy};
 use tinyufo::TinyUfo;
 
 use crate::config::CacheSpec;
+pub use fill::{CacheCtx, Fwd, Replay};
 pub use key::{KeyParts, Status, primary_key};
 pub use lock::{Leader, Locks, Turn};
 pub use policy::{NotStored, Verdict};

@@ -2,29 +2,13 @@
 //! `stale-while-revalidate`), coalesce concurrent misses, and record what comes back,
 //! inline or proxied, to store it.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::BytesMut;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use super::edge::{Ctx, Edge};
-use super::refresh::{self, Source};
-use super::task;
-use crate::cache::{
-    Cache, Entry, Filing, KeyParts, Leader, Lookup, Status, Tags, Turn, Verdict, lock, policy,
-    primary_key,
-};
-use crate::config::Target;
-use crate::regions::signing;
-use crate::routing::Route;
-
-/// RFC 9211 `fwd=` values.
-const FWD_MISS: &str = "uri-miss";
-const FWD_BYPASS: &str = "bypass";
-const FWD_METHOD: &str = "method";
+use crate::cache::{Cache, CacheCtx, Entry, Fwd, Lookup, Status, Turn, lock, policy};
 
 /// Headers never copied from a stored response: hop-by-hop, framing, and our own.
 const NOT_REPLAYED: &[&str] = &[
@@ -37,39 +21,6 @@ const NOT_REPLAYED: &[&str] = &[
     "x-poplar-placement",
 ];
 
-/// A cacheable route's per-request cache state.
-pub struct CacheCtx {
-    pub filing: Filing,
-    pub ttl: Option<std::time::Duration>,
-    /// Why the request goes forward (RFC 9211 `fwd=`).
-    pub fwd: &'static str,
-    /// Whether the answer may be stored (GET, or any method on a pure route; not HEAD).
-    pub storable: bool,
-    /// A stale entry, for `stale-if-error`.
-    pub stale: Option<Arc<Entry>>,
-    /// Held while this request fills the key, so others wait for it.
-    pub leader: Option<Leader>,
-    /// The request as it came, for a background refresh to replay: its method (a pure
-    /// route's is judged as a GET in `filing`) and, on a pure route, its body.
-    pub replay: Replay,
-    recording: Option<Recording>,
-    /// Set once the response head was judged.
-    status: Option<Status>,
-}
-
-struct Recording {
-    verdict: Verdict,
-    head: http::response::Parts,
-    body: BytesMut,
-}
-
-/// What a refresh sends again.
-#[derive(Default)]
-pub struct Replay {
-    pub method: http::Method,
-    pub body: bytes::Bytes,
-}
-
 /// What the cache phase did with a request.
 pub enum Phase {
     /// Answered from the cache.
@@ -80,110 +31,13 @@ pub enum Phase {
     Refresh(Box<CacheCtx>),
 }
 
-impl CacheCtx {
-    pub fn new(
-        filing: Filing,
-        ttl: Option<std::time::Duration>,
-        fwd: &'static str,
-        storable: bool,
-    ) -> CacheCtx {
-        CacheCtx {
-            filing,
-            ttl,
-            fwd,
-            storable,
-            stale: None,
-            leader: None,
-            replay: Replay::default(),
-            recording: None,
-            status: None,
-        }
-    }
-
-    /// Judges the response head; returns the `Cache-Status` to send with it.
-    pub fn on_head(&mut self, cache: &Cache, head: &http::response::Parts) -> String {
-        let mut detail = None;
-        if self.fwd == FWD_METHOD && (head.status.is_success() || head.status.is_redirection()) {
-            cache.invalidate(&self.filing.key);
-        }
-        if self.storable {
-            match policy::judge(&self.filing.request, head, self.ttl, SystemTime::now()) {
-                Ok(verdict) => {
-                    let declared = head
-                        .headers
-                        .get(http::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.parse().ok());
-                    if declared.is_none_or(|len: usize| cache.fits(len)) {
-                        self.recording = Some(Recording {
-                            verdict,
-                            head: head.clone(),
-                            body: BytesMut::new(),
-                        });
-                    } else {
-                        detail = Some("too-large");
-                    }
-                }
-                Err(why) => detail = Some(why.as_str()),
-            }
-        }
-        let status = Status::Forward {
-            fwd: self.fwd,
-            stored: self.recording.is_some(),
-            detail,
-        };
-        let header = status.header();
-        self.status = Some(status);
-        header
-    }
-
-    /// A piece of the body on its way to the client.
-    pub fn on_body(&mut self, cache: &Cache, chunk: &[u8]) {
-        if let Some(r) = &mut self.recording {
-            if cache.fits(r.body.len() + chunk.len()) {
-                r.body.extend_from_slice(chunk);
-            } else {
-                self.recording = None;
-            }
-        }
-    }
-
-    /// The body is complete: store it.
-    pub fn on_end(&mut self, cache: &Cache) {
-        log::debug!(
-            "cache: end of {:?}, recording: {}",
-            self.filing.tags.path,
-            self.recording.is_some()
-        );
-        if let Some(r) = self.recording.take() {
-            cache.store(
-                &self.filing,
-                r.verdict,
-                &r.head,
-                r.body.freeze(),
-                SystemTime::now(),
-            );
-        }
-        self.leader = None;
-    }
-
-    /// The `Cache-Status` for an error answered by Poplar on this route.
-    pub fn error_status(&self) -> String {
-        Status::Forward {
-            fwd: self.fwd,
-            stored: false,
-            detail: Some("error"),
-        }
-        .header()
-    }
-}
-
 /// Looks the request up. `filing` is where its answer would be stored.
 pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> Result<Phase> {
-    if ctx.fwd == FWD_METHOD || ctx.fwd == FWD_BYPASS {
+    if matches!(ctx.fwd, Fwd::Method | Fwd::Bypass) {
         return Ok(Phase::Forward(Box::new(ctx)));
     }
     if policy::request_bypasses(&ctx.filing.request) {
-        ctx.fwd = "request";
+        ctx.fwd = Fwd::Request;
         cache.count_miss();
         return Ok(Phase::Forward(Box::new(ctx)));
     }
@@ -207,7 +61,7 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
                 collapsed: false,
             };
             write(session, &entry, &status, now).await?;
-            ctx.fwd = "stale";
+            ctx.fwd = Fwd::Stale;
             if let Turn::Lead(leader) = cache.locks.acquire(&ctx.filing.key) {
                 // A refresh may have finished between the lookup and the lock.
                 let refreshed =
@@ -220,11 +74,11 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             return Ok(Phase::Answered);
         }
         Lookup::Stale(entry) => {
-            ctx.fwd = "stale";
+            ctx.fwd = Fwd::Stale;
             ctx.stale = Some(entry);
         }
-        Lookup::VaryMiss => ctx.fwd = "vary-miss",
-        Lookup::Miss => ctx.fwd = "uri-miss",
+        Lookup::VaryMiss => ctx.fwd = Fwd::VaryMiss,
+        Lookup::Miss => ctx.fwd = Fwd::UriMiss,
     }
     cache.count_miss();
     match cache.locks.acquire(&ctx.filing.key) {
@@ -355,145 +209,4 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> 
         text(&req.headers, "if-modified-since").and_then(|d| httpdate::parse_http_date(&d).ok());
     let modified = text(stored, "last-modified").and_then(|d| httpdate::parse_http_date(&d).ok());
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
-}
-
-/// The most body read before placement to key a pure route (Pingora can replay that much).
-const KEYED_BODY: u64 = 64 << 10;
-
-impl Edge {
-    /// The cache phase of a cacheable route: `Ok(true)` when answered from the cache.
-    pub(super) async fn cache_phase(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        route: &Route,
-    ) -> Result<bool> {
-        let Some(rc) = route.cache else {
-            return Ok(false);
-        };
-        let req = session.req_header();
-        let is_read = req.method == http::Method::GET || req.method == http::Method::HEAD;
-        let (mut fwd, mut storable) = (FWD_MISS, req.method == http::Method::GET);
-        if req.headers.contains_key(http::header::RANGE) {
-            (fwd, storable) = (FWD_BYPASS, false);
-        } else if !is_read && rc.pure {
-            match task::declared_body_len(req) {
-                Some(len) if len <= KEYED_BODY => {
-                    // Kept for a replay if the request is forwarded after all.
-                    session.enable_retry_buffering();
-                    let mut chunks = Vec::new();
-                    while let Some(chunk) = session.read_request_body().await? {
-                        chunks.push(chunk);
-                    }
-                    ctx.body = Some(task::concat(chunks));
-                    storable = true;
-                }
-                _ => (fwd, storable) = (FWD_BYPASS, false),
-            }
-        } else if !is_read {
-            (fwd, storable) = (FWD_METHOD, false);
-        }
-        let filing = self.filing(session, route, ctx.body.as_deref());
-        let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
-        cache_ctx.replay = Replay {
-            method: session.req_header().method.clone(),
-            body: ctx.body.clone().unwrap_or_default(),
-        };
-        match lookup(session, &self.parts.cache, cache_ctx).await? {
-            Phase::Answered => Ok(true),
-            Phase::Refresh(cache_ctx) => {
-                self.refresh(route, cache_ctx);
-                Ok(true)
-            }
-            Phase::Forward(cache_ctx) => {
-                ctx.cache = Some(cache_ctx);
-                Ok(false)
-            }
-        }
-    }
-
-    /// Where the answer to this request is stored.
-    fn filing(&self, session: &Session, route: &Route, body: Option<&[u8]>) -> Filing {
-        let req = session.req_header();
-        let (task, version) = match &route.target {
-            Target::Task(name) => (
-                Some(name.clone()),
-                self.parts.versions.get(name).map_or("", String::as_str),
-            ),
-            Target::Origin(_) => (None, ""),
-        };
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
-        let method = if body.is_some() {
-            req.method.as_str()
-        } else {
-            "GET"
-        };
-        let key = primary_key(&KeyParts {
-            route: route.index,
-            version,
-            method,
-            host,
-            path_and_query,
-            body,
-        });
-        let mut request = req.as_owned_parts();
-        if body.is_some() {
-            // A pure task's answer is judged as a GET's: the body is in the key.
-            request.method = http::Method::GET;
-        }
-        let tags = Tags {
-            route: route.index,
-            task,
-            path: req.uri.path().to_string(),
-        };
-        Filing { key, tags, request }
-    }
-
-    /// Fetches a stale entry's answer again in the background.
-    fn refresh(&self, route: &Route, cache_ctx: Box<CacheCtx>) {
-        let source = match &route.target {
-            Target::Origin(addr) => Source::Http {
-                addr: *addr,
-                extra: Vec::new(),
-            },
-            Target::Task(name) if !self.parts.regions.is_empty() => {
-                let home = route
-                    .region
-                    .as_deref()
-                    .and_then(|h| self.parts.regions.index_of(h));
-                let region = self
-                    .parts
-                    .regions
-                    .choose(home, &[])
-                    .and_then(|i| self.parts.regions.spec(i));
-                let (Some(region), Some(key)) = (region, &self.parts.key) else {
-                    return;
-                };
-                let req = &cache_ctx.filing.request;
-                let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let method = cache_ctx.replay.method.as_str();
-                let extra = signing::headers(&key.0, method, path_and_query, name).into();
-                Source::Http {
-                    addr: region.address,
-                    extra,
-                }
-            }
-            Target::Task(name) => {
-                let Some(task) = self.parts.placer.loaded(name) else {
-                    return;
-                };
-                Source::Inline {
-                    runtime: self.parts.placer.runtime().clone(),
-                    task,
-                }
-            }
-        };
-        refresh::spawn(self.parts.cache.clone(), cache_ctx, source);
-    }
 }

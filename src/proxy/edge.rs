@@ -14,17 +14,18 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::cached::{self, CacheCtx};
+use super::cached::{self, Phase};
+use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
 use super::{RequestIds, refuse_bad_framing, respond, strip_poplar_headers};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
 use crate::metrics::{Answered, Counters, Latencies, Site};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::Regions;
 use crate::regions::signing;
-use crate::routing::Router;
+use crate::routing::{Route, Router};
 
 /// Timeouts towards origins and regions: connect fast, allow slow responses.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,7 +99,7 @@ impl Edge {
         } else {
             mode
         };
-        let body_len = task::declared_body_len(session.req_header());
+        let body_len = crate::body::declared_body_len(session.req_header());
         let reason = match self.parts.placer.place(name, mode, body_len) {
             Placement::Forward(reason) => reason,
             Placement::Unknown => {
@@ -172,6 +173,147 @@ impl Edge {
             upstream.insert_header(name, value)?;
         }
         Ok(())
+    }
+}
+
+/// The most body read before placement to key a pure route (Pingora can replay that much).
+const KEYED_BODY: u64 = 64 << 10;
+
+impl Edge {
+    /// The cache phase of a cacheable route: `Ok(true)` when answered from the cache.
+    pub(super) async fn cache_phase(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &Route,
+    ) -> Result<bool> {
+        let Some(rc) = route.cache else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        let is_read = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        let (mut fwd, mut storable) = (Fwd::UriMiss, req.method == http::Method::GET);
+        if req.headers.contains_key(http::header::RANGE) {
+            (fwd, storable) = (Fwd::Bypass, false);
+        } else if !is_read && rc.pure {
+            match crate::body::declared_body_len(req) {
+                Some(len) if len <= KEYED_BODY => {
+                    // Kept for a replay if the request is forwarded after all.
+                    session.enable_retry_buffering();
+                    let mut chunks = Vec::new();
+                    while let Some(chunk) = session.read_request_body().await? {
+                        chunks.push(chunk);
+                    }
+                    ctx.body = Some(crate::body::concat(chunks));
+                    storable = true;
+                }
+                _ => (fwd, storable) = (Fwd::Bypass, false),
+            }
+        } else if !is_read {
+            (fwd, storable) = (Fwd::Method, false);
+        }
+        let filing = self.filing(session, route, ctx.body.as_deref());
+        let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
+        cache_ctx.replay = Replay {
+            method: session.req_header().method.clone(),
+            body: ctx.body.clone().unwrap_or_default(),
+        };
+        match cached::lookup(session, &self.parts.cache, cache_ctx).await? {
+            Phase::Answered => Ok(true),
+            Phase::Refresh(cache_ctx) => {
+                self.refresh(route, cache_ctx);
+                Ok(true)
+            }
+            Phase::Forward(cache_ctx) => {
+                ctx.cache = Some(cache_ctx);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Where the answer to this request is stored.
+    fn filing(&self, session: &Session, route: &Route, body: Option<&[u8]>) -> Filing {
+        let req = session.req_header();
+        let (task, version) = match &route.target {
+            Target::Task(name) => (
+                Some(name.clone()),
+                self.parts.versions.get(name).map_or("", String::as_str),
+            ),
+            Target::Origin(_) => (None, ""),
+        };
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
+        let method = if body.is_some() {
+            req.method.as_str()
+        } else {
+            "GET"
+        };
+        let key = primary_key(&KeyParts {
+            route: route.index,
+            version,
+            method,
+            host,
+            path_and_query,
+            body,
+        });
+        let mut request = req.as_owned_parts();
+        if body.is_some() {
+            // A pure task's answer is judged as a GET's: the body is in the key.
+            request.method = http::Method::GET;
+        }
+        let tags = Tags {
+            route: route.index,
+            task,
+            path: req.uri.path().to_string(),
+        };
+        Filing { key, tags, request }
+    }
+
+    /// Fetches a stale entry's answer again in the background.
+    fn refresh(&self, route: &Route, cache_ctx: Box<CacheCtx>) {
+        let source = match &route.target {
+            Target::Origin(addr) => Source::Http {
+                addr: *addr,
+                extra: Vec::new(),
+            },
+            Target::Task(name) if !self.parts.regions.is_empty() => {
+                let home = route
+                    .region
+                    .as_deref()
+                    .and_then(|h| self.parts.regions.index_of(h));
+                let region = self
+                    .parts
+                    .regions
+                    .choose(home, &[])
+                    .and_then(|i| self.parts.regions.spec(i));
+                let (Some(region), Some(key)) = (region, &self.parts.key) else {
+                    return;
+                };
+                let req = &cache_ctx.filing.request;
+                let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let method = cache_ctx.replay.method.as_str();
+                let extra = signing::headers(&key.0, method, path_and_query, name).into();
+                Source::Http {
+                    addr: region.address,
+                    extra,
+                }
+            }
+            Target::Task(name) => {
+                let Some(task) = self.parts.placer.loaded(name) else {
+                    return;
+                };
+                Source::Inline {
+                    runtime: self.parts.placer.runtime().clone(),
+                    task,
+                }
+            }
+        };
+        refresh::spawn(self.parts.cache.clone(), cache_ctx, source);
     }
 }
 

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::cached::CacheCtx;
 use crate::cache::Cache;
+use crate::cache::CacheCtx;
 use crate::wasm::{Runtime, Task};
 
 /// How long a refresh may take in all.
@@ -88,7 +88,7 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
             let mut response = task.call(slot, request, "refresh".into()).await?;
             let (chunks, complete) = response.collect_up_to(usize::MAX).await?;
             anyhow::ensure!(complete, "body not complete");
-            Ok((response.head.clone(), super::task::concat(chunks)))
+            Ok((response.head.clone(), crate::body::concat(chunks)))
         }
     }
 }

@@ -12,9 +12,9 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::cached::CacheCtx;
 use super::respond;
 use crate::cache::Cache;
+use crate::cache::CacheCtx;
 use crate::errors::ErrorKind;
 use crate::wasm::{GuestResponse, Runtime, Task, TaskError};
 
@@ -134,7 +134,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     if complete {
-        let body = concat(chunks);
+        let body = crate::body::concat(chunks);
         head.insert_header("content-length", body.len())?;
         // A HEAD response says how long the body would be, and sends none.
         let end = body.is_empty() || head_only;
@@ -203,20 +203,10 @@ async fn stream_rest(
     }
 }
 
-/// The body length a request declares before it is read: its `content-length`, zero when
-/// it has neither that nor `transfer-encoding`, `None` when it is chunked.
-pub fn declared_body_len(req: &pingora_http::RequestHeader) -> Option<u64> {
-    match req.headers.get(http::header::CONTENT_LENGTH) {
-        Some(v) => v.to_str().ok()?.parse().ok(),
-        None if req.headers.contains_key(http::header::TRANSFER_ENCODING) => None,
-        None => Some(0),
-    }
-}
-
 /// Reads the whole request body, refusing one over `max_body` bytes (by its declared
 /// length before reading anything, else as it arrives).
 async fn read_body(session: &mut Session, max_body: u64) -> Result<Bytes, ErrorKind> {
-    let declared = declared_body_len(session.req_header());
+    let declared = crate::body::declared_body_len(session.req_header());
     if declared.is_some_and(|len| len > max_body) {
         // The body stays unread: this connection cannot be reused.
         session.set_keepalive(None);
@@ -264,17 +254,4 @@ fn response_head(
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     head.append_header("server-timing", format!("task;dur={ms:.3}"))?;
     Ok(head)
-}
-
-/// Joins body chunks into one, without copying when there is only one.
-pub(super) fn concat(mut chunks: Vec<Bytes>) -> Bytes {
-    match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.swap_remove(0),
-        _ => {
-            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-            chunks.iter().for_each(|c| all.extend_from_slice(c));
-            all.freeze()
-        }
-    }
 }
