@@ -26,6 +26,8 @@ pub struct Sources {
     pub placer: Option<Arc<Placer>>,
     pub regions: Option<Arc<Regions>>,
     pub cache: Option<Arc<Cache>>,
+    /// At a region: replayed edge signatures refused.
+    pub replays_refused: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 #[derive(serde::Serialize)]
@@ -36,6 +38,8 @@ struct Stats {
     tasks: BTreeMap<String, TaskStatus>,
     regions: Vec<RegionStatus>,
     cache: Option<CacheStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replays_refused: Option<u64>,
 }
 
 impl Admin {
@@ -59,6 +63,10 @@ impl Admin {
                 .unwrap_or_default(),
             regions: s.regions.as_ref().map(|r| r.status()).unwrap_or_default(),
             cache: s.cache.as_ref().map(|c| c.stats()),
+            replays_refused: s
+                .replays_refused
+                .as_ref()
+                .map(|n| n.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 

@@ -42,6 +42,7 @@ fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Ser
         placer: None,
         regions: None,
         cache: None,
+        replays_refused: None,
     };
     match config.role {
         Role::Edge => {
@@ -66,6 +67,7 @@ fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Ser
         }
         Role::Region => {
             let region = region(config, source)?;
+            sources.replays_refused = Some(region.replays.clone());
             let conf = &server.configuration;
             let mut service =
                 pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");

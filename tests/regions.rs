@@ -417,76 +417,154 @@ async fn a_stopped_region_fails_over_then_none_left_is_503() {
     assert_eq!(resp.headers()["x-poplar-error"], "no-region");
 }
 
+/// A task request to a region over a raw socket, so that the headers it carries are exactly
+/// those given: `(status, x-poplar-error)`.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let error = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-poplar-error: "))
+        .unwrap_or("")
+        .to_string();
+    (status, error)
+}
+
+/// A forwarded request as an edge signs it: `POST /hello?x=1` with `host`, `extra` headers
+/// and `body`, and the five signing headers; then `tamper` may change the bytes.
+fn signed_request(
+    key: &[u8],
+    host: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+    request_id: &str,
+) -> String {
+    use poplar::regions::signing::{Forwarding, body_digest, signed_headers};
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", host.parse().unwrap());
+    headers.insert("content-length", body.len().into());
+    for (name, value) in extra {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let digest = body_digest(body.as_bytes());
+    let forwarding = Forwarding {
+        task: "hello",
+        request_id,
+        body: &digest,
+    };
+    let mut text = "POST /hello?x=1 HTTP/1.1\r\n".to_string();
+    for (name, value) in &headers {
+        text += &format!("{name}: {}\r\n", value.to_str().unwrap());
+    }
+    for (name, value) in signed_headers(key, "POST", "/hello?x=1", &headers, &forwarding) {
+        text += &format!("{name}: {value}\r\n");
+    }
+    text + "connection: close\r\n\r\n" + body
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_runs_nothing_without_a_valid_signature() {
     use poplar::regions::signing::{Signed, sign, unix_now};
     let key = Key::new();
-    let region = start_region(&key, &["hello"]);
-    let url = format!("http://{}/hello?x=1", region.addr);
-    let signed = |timestamp: u64| {
-        sign(
-            &key.bytes(),
-            &Signed {
-                timestamp,
-                method: "GET",
-                path_and_query: "/hello?x=1",
-                task: "hello",
-            },
-        )
-    };
+    let admin = common::free_addr();
+    let region = start_edge(&format!(
+        "role: region\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nforwarding: {{ key_file: {} }}\ntasks:\n  hello:\n    wasm: hello.wasm\n",
+        key.path()
+    ))
+    .running;
+    let addr = region.addr;
 
-    let resp = client().get(&url).send().await.unwrap();
+    let unsigned =
+        "POST /hello?x=1 HTTP/1.1\r\nhost: r\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
     assert_eq!(
-        (
-            resp.status().as_u16(),
-            resp.headers()["x-poplar-error"].to_str().unwrap()
-        ),
-        (401, "unsigned")
+        raw_exchange(addr, unsigned.as_bytes()),
+        (401, "unsigned".into())
     );
-    assert!(resp.headers().get("server-timing").is_none(), "no task ran");
 
-    let now = unix_now();
-    let attempts = [
-        (now, "v1=".to_string() + &"0".repeat(64)), // wrong
-        (now - 120, signed(now - 120)),             // stale
-        (now, signed(now).replace("v1=", "v2=")),   // malformed
+    let good = signed_request(&key.bytes(), "r", &[("x-echo", "1")], "hi", "id-1");
+    assert_eq!(raw_exchange(addr, good.as_bytes()).0, 200, "{good}");
+    // The same request again, within the skew: a replay.
+    assert_eq!(
+        raw_exchange(addr, good.as_bytes()),
+        (403, "bad-signature".into()),
+        "a captured request does not run twice"
+    );
+    let stats = common::admin_stats(admin).await;
+    assert_eq!(stats["replays_refused"], 1, "{stats}");
+
+    // One signature, a changed request: each is refused.
+    let fresh = |id: &str| signed_request(&key.bytes(), "r", &[("x-echo", "1")], "hi", id);
+    let tampered = [
+        fresh("id-2").replace("\r\n\r\nhi", "\r\n\r\nho"),
+        fresh("id-3").replace("host: r\r\n", "host: elsewhere\r\n"),
+        fresh("id-4").replace(
+            "x-echo: 1\r\n",
+            "x-echo: 1\r\nset-cookie: session=stolen\r\n",
+        ),
+        fresh("id-5").replace("x-echo: 1\r\n", "x-echo: 2\r\n"),
+        fresh("id-6").replace("x-poplar-task: hello", "x-poplar-task: other"),
+        fresh("id-7").replace("x-poplar-request-id: id-7", "x-poplar-request-id: id-8"),
+        fresh("id-9").replace("/hello?x=1", "/hello?x=2"),
     ];
-    for (timestamp, signature) in attempts {
-        let resp = client()
-            .get(&url)
-            .header("x-poplar-task", "hello")
-            .header("x-poplar-timestamp", timestamp.to_string())
-            .header("x-poplar-signature", signature)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 403);
-        assert_eq!(resp.headers()["x-poplar-error"], "bad-signature");
-        assert!(resp.headers().get("server-timing").is_none(), "no task ran");
+    for request in tampered {
+        assert_eq!(
+            raw_exchange(addr, request.as_bytes()),
+            (403, "bad-signature".into()),
+            "{request}"
+        );
     }
-    // Signed for another task: refused too.
-    let resp = client()
-        .get(&url)
-        .header("x-poplar-task", "other")
-        .header("x-poplar-timestamp", now.to_string())
-        .header("x-poplar-signature", signed(now))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 403);
 
-    // The same request signed properly runs.
-    let resp = client()
-        .get(&url)
-        .header("x-poplar-task", "hello")
-        .header("x-poplar-timestamp", now.to_string())
-        .header("x-poplar-signature", signed(now))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("server-timing").is_some());
+    // Stale, and malformed.
+    let then = unix_now() - 120;
+    let stale_sig = sign(
+        &key.bytes(),
+        &Signed {
+            timestamp: then,
+            request_id: "old",
+            method: "POST",
+            path_and_query: "/hello?x=1",
+            task: "hello",
+            host: "r",
+            body: "x",
+            headers: "x",
+        },
+    );
+    let stale = fresh("id-10")
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some(("x-poplar-signature", _)) => format!("x-poplar-signature: {stale_sig}"),
+            Some(("x-poplar-timestamp", _)) => format!("x-poplar-timestamp: {then}"),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    assert_eq!(
+        raw_exchange(addr, stale.as_bytes()),
+        (403, "bad-signature".into())
+    );
+    let malformed = fresh("id-11").replace("x-poplar-signature: v2=", "x-poplar-signature: v1=");
+    assert_eq!(
+        raw_exchange(addr, malformed.as_bytes()),
+        (403, "bad-signature".into())
+    );
 
+    // Signed properly, it runs; the health check needs no signature.
+    let again = fresh("id-12");
+    assert_eq!(raw_exchange(addr, again.as_bytes()).0, 200);
     let resp = client()
         .get(format!("http://{}/_poplar/health", region.addr))
         .send()

@@ -70,6 +70,10 @@ pub struct Ctx {
 /// A task request on its way to a region.
 struct Forward {
     task: String,
+    /// Sent with it (signed), so the region's log lines of it join the edge's.
+    request_id: Arc<str>,
+    /// The body's digest for the signature, or `signing::STREAMED`.
+    body: String,
     reason: Reason,
     home: Option<usize>,
     /// The region of the current attempt, and when it was sent.
@@ -133,8 +137,14 @@ impl Edge {
         };
         self.parts.counters.count(name, Site::Region, reason);
         ctx.answered = Some(Answered::Region);
+        let body = match forwarded_body(session, ctx).await? {
+            Some(body) => signing::body_digest(&body),
+            None => signing::STREAMED.to_string(),
+        };
         ctx.forward = Some(Forward {
             task: name.to_string(),
+            request_id: self.ids.next(),
+            body,
             reason,
             home: home.and_then(|h| self.parts.regions.index_of(h)),
             attempt: None,
@@ -158,21 +168,52 @@ impl Edge {
 
     fn sign(&self, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
         let Some(key) = &self.parts.key else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no forwarding key",
-            ));
+            return Err(ErrorKind::Internal.to_pingora("no forwarding key"));
         };
-        let path_and_query = upstream
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let method = upstream.method.as_str().to_string();
-        for (name, value) in signing::headers(&key.0, &method, &path_and_query, &fwd.task) {
+        let forwarding = signing::Forwarding {
+            task: &fwd.task,
+            request_id: &fwd.request_id,
+            body: &fwd.body,
+        };
+        let path_and_query = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+        let method = upstream.method.as_str();
+        let signed = signing::signed_headers(
+            &key.0,
+            method,
+            path_and_query,
+            &upstream.headers,
+            &forwarding,
+        );
+        for (name, value) in signed {
             upstream.insert_header(name, value)?;
         }
         Ok(())
+    }
+}
+
+/// The body of a request about to be forwarded, when the edge can hold it whole first (at
+/// most [`KEYED_BODY`]), for its digest in the signature: already read (a pure route's
+/// key, an inline try's replay buffer) or read now. Pingora replays it upstream.
+async fn forwarded_body(session: &mut Session, ctx: &mut Ctx) -> Result<Option<Bytes>> {
+    if let Some(body) = &ctx.body {
+        return Ok(Some(body.clone()));
+    }
+    if let Some(body) = session.get_retry_buffer() {
+        return Ok(Some(body));
+    }
+    match crate::body::declared_body_len(session.req_header()) {
+        Some(0) => Ok(Some(Bytes::new())),
+        Some(len) if len <= KEYED_BODY && !session.is_body_done() => {
+            session.enable_retry_buffering();
+            let mut chunks = Vec::new();
+            while let Some(chunk) = session.read_request_body().await? {
+                chunks.push(chunk);
+            }
+            let body = crate::body::concat(chunks);
+            ctx.body = Some(body.clone());
+            Ok(Some(body))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -279,7 +320,7 @@ impl Edge {
         let source = match &route.target {
             Target::Origin(addr) => Source::Http {
                 addr: *addr,
-                extra: Vec::new(),
+                signing: None,
             },
             Target::Task(name) if !self.parts.regions.is_empty() => {
                 let home = route
@@ -294,13 +335,13 @@ impl Edge {
                 let (Some(region), Some(key)) = (region, &self.parts.key) else {
                     return;
                 };
-                let req = &cache_ctx.filing.request;
-                let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                let method = cache_ctx.replay.method.as_str();
-                let extra = signing::headers(&key.0, method, path_and_query, name).into();
                 Source::Http {
                     addr: region.address,
-                    extra,
+                    signing: Some(refresh::Signing {
+                        key: key.0.clone(),
+                        task: name.clone(),
+                        request_id: self.ids.next(),
+                    }),
                 }
             }
             Target::Task(name) => {

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::cache::Cache;
 use crate::cache::CacheCtx;
+use crate::regions::signing;
 use crate::wasm::{Runtime, Task};
 
 /// How long a refresh may take in all.
@@ -20,15 +21,22 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a refresh gets its answer.
 pub enum Source {
-    /// An origin, or a region with the signature headers to send.
+    /// An origin, or a region (signed, as every forward is).
     Http {
         addr: SocketAddr,
-        extra: Vec<(&'static str, String)>,
+        signing: Option<Signing>,
     },
     Inline {
         runtime: Arc<Runtime>,
         task: Arc<Task>,
     },
+}
+
+/// How a refresh sent to a region is signed.
+pub struct Signing {
+    pub key: Vec<u8>,
+    pub task: String,
+    pub request_id: Arc<str>,
 }
 
 /// Refreshes the entry `ctx` files, then releases its waiters.
@@ -55,21 +63,30 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
     parts.method = ctx.replay.method.clone();
     let body = ctx.replay.body.clone();
     match source {
-        Source::Http { addr, extra } => {
+        Source::Http { addr, signing } => {
+            // The body's framing is this client's to set, for the body it sends.
+            let mut headers = parts.headers.clone();
+            headers.remove(http::header::TRANSFER_ENCODING);
+            headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+            if let Some(s) = signing {
+                let digest = signing::body_digest(&body);
+                let forwarding = signing::Forwarding {
+                    task: &s.task,
+                    request_id: &s.request_id,
+                    body: &digest,
+                };
+                let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let method = parts.method.as_str();
+                let signed =
+                    signing::signed_headers(&s.key, method, path_and_query, &headers, &forwarding);
+                for (name, value) in signed {
+                    headers.insert(name, http::HeaderValue::try_from(value)?);
+                }
+            }
             let mut request = http::Request::builder()
                 .method(parts.method.clone())
                 .uri(parts.uri.clone());
-            // The body's framing is this client's to set, for the body it sends.
-            let framing = [
-                http::header::CONTENT_LENGTH,
-                http::header::TRANSFER_ENCODING,
-            ];
-            for (name, value) in &parts.headers {
-                if !framing.contains(name) {
-                    request = request.header(name, value);
-                }
-            }
-            for (name, value) in extra {
+            for (name, value) in &headers {
                 request = request.header(name, value);
             }
             let stream = tokio::net::TcpStream::connect(addr).await?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,18 +14,21 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use super::task::{self, Inline};
-use super::{RequestIds, refuse_bad_framing, respond, strip_poplar_headers};
+use super::{refuse_bad_framing, respond, strip_poplar_headers};
 use crate::config::ForwardingKey;
 use crate::errors::ErrorKind;
 use crate::regions::health::HEALTH_PATH;
-use crate::regions::signing::{self, Rejection, Signed};
+use crate::regions::signing::{self, Rejection, Seen, Verified};
 use crate::wasm::{Runtime, Task};
 
 pub struct RegionServer {
     runtime: Arc<Runtime>,
     tasks: HashMap<String, Arc<Task>>,
     key: ForwardingKey,
-    ids: RequestIds,
+    /// Signatures accepted within the skew window: each is accepted once.
+    seen: Seen,
+    /// Replayed signatures refused.
+    pub replays: Arc<AtomicU64>,
 }
 
 impl RegionServer {
@@ -34,39 +38,48 @@ impl RegionServer {
             runtime,
             tasks,
             key,
-            ids: RequestIds::new(),
+            seen: Seen::new(),
+            replays: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The task a request names, if its signature holds.
-    fn authorize(&self, req: &RequestHeader) -> Result<String, (ErrorKind, String)> {
-        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let signature = header(signing::SIGNATURE_HEADER);
-        let (Some(task), Some(timestamp)) = (
-            header(signing::TASK_HEADER),
-            header(signing::TIMESTAMP_HEADER),
-        ) else {
-            let kind = if signature.is_some() {
-                ErrorKind::BadSignature
-            } else {
-                ErrorKind::Unsigned
-            };
-            return Err((kind, "task requests must come from an edge, signed".into()));
-        };
-        let timestamp = timestamp
-            .parse()
-            .map_err(|_| (ErrorKind::BadSignature, "bad timestamp".to_string()))?;
-        let signed = Signed {
-            timestamp,
-            method: req.method.as_str(),
-            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            task,
-        };
-        match signing::verify(&self.key.0, &signed, signature, signing::unix_now()) {
-            Ok(()) => Ok(task.to_string()),
-            Err(Rejection::Missing) => Err((ErrorKind::Unsigned, Rejection::Missing.to_string())),
-            Err(e) => Err((ErrorKind::BadSignature, e.to_string())),
+    /// The forwarded request's signature, if it holds and was not used before.
+    fn authorize(&self, req: &RequestHeader) -> Result<Verified, Rejection> {
+        let now = signing::unix_now();
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let verified = signing::check(
+            &self.key.0,
+            req.method.as_str(),
+            path_and_query,
+            &req.headers,
+            now,
+        )?;
+        if !self.seen.first_use(verified.tag, verified.timestamp, now) {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejection::Replayed);
         }
+        Ok(verified)
+    }
+
+    /// The signed body, read and checked against its digest; `None` when it is streamed
+    /// (the task reads it). `Err` once answered.
+    async fn signed_body(
+        &self,
+        session: &mut Session,
+        task: &Task,
+        verified: &Verified,
+    ) -> Result<Option<Bytes>, ()> {
+        if verified.body == signing::STREAMED {
+            return Ok(None);
+        }
+        let answer = match task::read_body(session, task.limits.max_body).await {
+            Ok(body) if signing::body_digest(&body) == verified.body => return Ok(Some(body)),
+            Ok(_) => (ErrorKind::BadSignature, Rejection::Body.to_string()),
+            Err(kind) => (kind, "cannot read the request body".to_string()),
+        };
+        session.set_keepalive(None);
+        let _ = respond::error(session, answer.0, &answer.1).await;
+        Err(())
     }
 }
 
@@ -98,21 +111,24 @@ impl ProxyHttp for RegionServer {
             health(session).await?;
             return Ok(true);
         }
-        let name = match self.authorize(session.req_header()) {
-            Ok(name) => name,
-            Err((kind, message)) => {
+        let verified = match self.authorize(session.req_header()) {
+            Ok(verified) => verified,
+            Err(rejection) => {
+                let kind = match rejection {
+                    Rejection::Missing => ErrorKind::Unsigned,
+                    _ => ErrorKind::BadSignature,
+                };
                 session.set_keepalive(None);
-                respond::error(session, kind, &message).await?;
+                respond::error(session, kind, &rejection.to_string()).await?;
                 return Ok(true);
             }
         };
-        let Some(task) = self.tasks.get(&name) else {
-            respond::error(
-                session,
-                ErrorKind::UnknownTask,
-                &format!("this region has no task {name:?}"),
-            )
-            .await?;
+        let Some(task) = self.tasks.get(&verified.task) else {
+            let detail = format!("no task {:?}", verified.task);
+            respond::error(session, ErrorKind::UnknownTask, &detail).await?;
+            return Ok(true);
+        };
+        let Ok(body) = self.signed_body(session, task, &verified).await else {
             return Ok(true);
         };
         strip_poplar_headers(session.req_header_mut());
@@ -120,10 +136,10 @@ impl ProxyHttp for RegionServer {
             runtime: &self.runtime,
             task,
             slot: None,
-            request_id: self.ids.next(),
+            request_id: verified.request_id.as_str().into(),
             placement: None,
             may_fall_back: false,
-            body: None,
+            body,
             cache: None,
         };
         task::serve(session, run).await?;

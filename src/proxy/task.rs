@@ -205,7 +205,7 @@ async fn stream_rest(
 
 /// Reads the whole request body, refusing one over `max_body` bytes (by its declared
 /// length before reading anything, else as it arrives).
-async fn read_body(session: &mut Session, max_body: u64) -> Result<Bytes, ErrorKind> {
+pub(super) async fn read_body(session: &mut Session, max_body: u64) -> Result<Bytes, ErrorKind> {
     let declared = crate::body::declared_body_len(session.req_header());
     if declared.is_some_and(|len| len > max_body) {
         // The body stays unread: this connection cannot be reused.
