@@ -14,6 +14,7 @@ pub mod demo;
 pub mod errors;
 pub mod framing;
 pub mod metrics;
+pub mod normalize;
 pub mod placement;
 pub mod proxy;
 pub mod regions;

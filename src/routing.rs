@@ -8,7 +8,8 @@
 //! 5. the order in the config.
 //!
 //! A `path_prefix` matches whole segments: `/hello` matches `/hello` and `/hello/x`, not
-//! `/helloworld`; `/` matches everything. Paths are compared as sent, without decoding.
+//! `/helloworld`; `/` matches everything. Hosts and paths arrive normalised
+//! ([`crate::normalize`]): one spelling per resource.
 
 use std::cmp::Reverse;
 

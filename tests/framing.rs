@@ -6,130 +6,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::start_edge;
-
-/// An origin that reads request heads itself and, like many servers, takes a body only
-/// when `Content-Length` is one plain number. It records every request line it receives,
-/// and keeps connections alive.
-struct NaiveOrigin {
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl NaiveOrigin {
-    fn start() -> NaiveOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let seen = lines.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let seen = seen.clone();
-                std::thread::spawn(move || serve_naively(conn, &seen));
-            }
-        });
-        NaiveOrigin { addr, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-fn serve_naively(conn: TcpStream, seen: &Mutex<Vec<String>>) {
-    let mut writer = conn.try_clone().unwrap();
-    let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request_line = request_line.trim_end().to_string();
-        seen.lock().unwrap().push(request_line.clone());
-        let answer = format!("{request_line}\n");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
-            answer.len()
-        );
-        if writer.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
+use common::{NaiveOrigin, exchange, read_response, start_edge, status_of};
 
 fn edge_before(origin: SocketAddr) -> common::Edge {
     start_edge(&format!(
         "role: edge\nlisten: LISTEN\nthreads: 1\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: \"{origin}\"\n"
     ))
-}
-
-/// Sends raw bytes on a new connection and reads until the edge closes it or goes quiet.
-fn exchange(edge: &common::Edge, request: &[u8]) -> (String, bool) {
-    let addr = edge.running.addr;
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    conn.write_all(request).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0; 4096];
-    let closed = loop {
-        match conn.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    (String::from_utf8_lossy(&got).into_owned(), closed)
-}
-
-/// Reads one whole response with a content-length from a kept-alive connection.
-fn read_response(reader: &mut BufReader<TcpStream>) -> String {
-    let mut head = String::new();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-        head += &line;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
-}
-
-fn status_of(response: &str) -> &str {
-    response.split(' ').nth(1).unwrap_or("")
 }
 
 #[test]

@@ -17,7 +17,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use super::cached::{self, Phase};
 use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
-use super::{RequestIds, refuse_bad_framing, respond, strip_poplar_headers};
+use super::{RequestIds, normalize_request, refuse_bad_framing, respond, strip_poplar_headers};
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
@@ -65,6 +65,8 @@ pub struct Ctx {
     pub(super) cache: Option<Box<CacheCtx>>,
     /// A body read before placement (a pure route's cache key needs it).
     pub(super) body: Option<Bytes>,
+    /// The host the request is for, normalised ([`crate::normalize`]).
+    host: Option<String>,
 }
 
 /// A task request on its way to a region.
@@ -253,7 +255,7 @@ impl Edge {
         } else if !is_read {
             (fwd, storable) = (Fwd::Method, false);
         }
-        let filing = self.filing(session, route, ctx.body.as_deref());
+        let filing = self.filing(session, ctx, route);
         let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
         cache_ctx.replay = Replay {
             method: session.req_header().method.clone(),
@@ -273,7 +275,8 @@ impl Edge {
     }
 
     /// Where the answer to this request is stored.
-    fn filing(&self, session: &Session, route: &Route, body: Option<&[u8]>) -> Filing {
+    fn filing(&self, session: &Session, ctx: &Ctx, route: &Route) -> Filing {
+        let (host, body) = (ctx.host.as_deref().unwrap_or(""), ctx.body.as_deref());
         let req = session.req_header();
         let (task, version) = match &route.target {
             Target::Task(name) => (
@@ -282,11 +285,6 @@ impl Edge {
             ),
             Target::Origin(_) => (None, ""),
         };
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
         let method = if body.is_some() {
@@ -382,16 +380,19 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
+        match normalize_request(session.req_header_mut()) {
+            Ok(host) => ctx.host = host,
+            Err(e) => {
+                session.set_keepalive(None);
+                respond::error(session, ErrorKind::BadRequest, &e).await?;
+                return Ok(true);
+            }
+        }
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or(req.uri.host());
-        let Some(route) = self
-            .parts
-            .router
-            .route(host, req.uri.path(), req.method.as_str())
+        let Some(route) =
+            self.parts
+                .router
+                .route(ctx.host.as_deref(), req.uri.path(), req.method.as_str())
         else {
             respond::error(session, ErrorKind::NoRoute, "").await?;
             return Ok(true);

@@ -15,7 +15,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use crate::errors::ErrorKind;
-use crate::framing;
+use crate::{framing, normalize};
 
 pub use edge::{Edge, Parts as EdgeParts};
 pub use region::RegionServer;
@@ -92,4 +92,33 @@ async fn refuse_bad_framing(session: &mut Session) -> pingora_error::Result<bool
             Ok(true)
         }
     }
+}
+
+/// Rewrites a request to its normal form ([`normalize`]): the path routes, caches, origins
+/// and tasks see alike, in origin form, with the absolute form's authority as its Host.
+/// Returns the normalised host; `Err` for a request that cannot be put in that form.
+fn normalize_request(req: &mut RequestHeader) -> Result<Option<String>, String> {
+    // Pingora keeps an absolute-form target verbatim (and has checked that Host names the
+    // same authority); its URI holds only the path.
+    let raw = req.raw_path();
+    let absolute = !raw.starts_with(b"/") && raw != b"*";
+    let header = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let host = normalize::host(req.uri.authority().map(|a| a.as_str()), header);
+    let path = normalize::path(req.uri.path());
+    if !absolute && path.is_none() {
+        return Ok(host);
+    }
+    let path = path.as_deref().unwrap_or(req.uri.path());
+    let origin_form = match req.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let uri = origin_form
+        .parse::<http::Uri>()
+        .map_err(|e| format!("cannot normalise the request target: {e}"))?;
+    req.set_uri(uri);
+    Ok(host)
 }
