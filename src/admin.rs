@@ -96,6 +96,24 @@ impl Admin {
     }
 }
 
+/// A request a browser sent on behalf of another site (a form posted from a page anywhere):
+/// `Sec-Fetch-Site` other than `same-origin`/`none`, or an `Origin` that is not this
+/// endpoint's own. Command-line clients send neither and pass.
+fn from_a_browser_elsewhere(req: &pingora_http::RequestHeader) -> bool {
+    let text = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => {
+            let origin = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !origin.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     let response = http::Response::builder()
         .status(status)
@@ -116,6 +134,11 @@ impl ServeHttp for Admin {
                 Ok(json) => respond(200, "application/json", json),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
+            ("POST", "/purge") if from_a_browser_elsewhere(req) => respond(
+                403,
+                "text/plain",
+                b"cross-origin requests may not change state here\n".to_vec(),
+            ),
             ("POST", "/purge") => self.purge(&query),
             _ => respond(
                 404,

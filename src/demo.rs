@@ -244,6 +244,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         threads: 1,
         admin: None,
         key_source: None,
+        trusted_proxies: Vec::new(),
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
         regions: Vec::new(),
@@ -287,6 +288,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         threads: 2,
         admin: Some(addrs.admin),
         key_source: None,
+        trusted_proxies: Vec::new(),
         forwarding_key: Some(key),
         placement: PlacementSpec {
             hot_threshold: 5.0,

@@ -140,6 +140,7 @@ fn edge(
         latencies: Arc::default(),
         cache: Arc::new(Cache::new(config.cache)),
         versions,
+        trusted_proxies: config.trusted_proxies.clone(),
     })
 }
 

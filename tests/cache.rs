@@ -411,6 +411,33 @@ async fn purge_by_prefix_task_and_route() {
     let purged: serde_json::Value = purge("route=3").await.unwrap().json().await.unwrap();
     assert_eq!(purged["purged"], 2);
     assert_eq!(purge("nonsense").await.unwrap().status(), 400);
+
+    // A form posted from another site's page (what a browser sends) changes nothing.
+    get("/site/b?cc=max-age=60").await.unwrap();
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        let resp = client()
+            .post(format!("http://{admin}/purge?prefix=/"))
+            .header(name, value)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{name}: {value}");
+    }
+    assert_eq!(
+        placement(&get("/site/b?cc=max-age=60").await.unwrap()),
+        "cache"
+    );
+    let same = client()
+        .post(format!("http://{admin}/purge?prefix=/"))
+        .header("origin", format!("http://{admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 200, "the endpoint's own page may");
 }
 
 #[tokio::test(flavor = "multi_thread")]

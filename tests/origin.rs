@@ -136,3 +136,39 @@ async fn guests_cannot_call_out() {
     assert!(text.starts_with("refused: "), "{text}");
     assert_eq!(origin.hits(), 0, "nothing reached the origin");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_trusted_proxies_choose_the_forwarded_for_address() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let spoof = |edge: &common::Edge| {
+        client()
+            .get(format!("{}/site/x", edge.base))
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-for", "5.6.7.8")
+            .header("forwarded", "for=9.9.9.9")
+            .header("x-real-ip", "9.9.9.9")
+            .send()
+    };
+    // The test client (127.0.0.1) is not trusted: its claims are dropped.
+    let edge = edge_with_origin(origin.addr);
+    let resp = spoof(&edge).await.unwrap();
+    assert_eq!(resp.headers()["x-origin-forwarded-for"], "127.0.0.1");
+    let names = resp.headers()["x-origin-header-names"].to_str().unwrap();
+    assert!(
+        !names
+            .split(',')
+            .any(|n| n == "forwarded" || n == "x-real-ip"),
+        "{names}"
+    );
+
+    // Trusted, its list is kept whole (both lines, in order) and the peer appended.
+    let trusting = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 1\ntrusted_proxies: [127.0.0.0/8, \"::1\"]\nroutes:\n  - match: {{ path_prefix: /site }}\n    origin: \"{}\"\n",
+        origin.addr
+    ));
+    let resp = spoof(&trusting).await.unwrap();
+    assert_eq!(
+        resp.headers()["x-origin-forwarded-for"],
+        "1.2.3.4, 5.6.7.8, 127.0.0.1"
+    );
+}

@@ -109,6 +109,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
             .health
             .map_or_else(HealthSpec::default, |h| health(h, r)),
         cache: file.cache.map_or_else(CacheSpec::default, |c| cache(c, r)),
+        trusted_proxies: trusted_proxies(file.trusted_proxies.unwrap_or_default(), r),
         tasks,
         routes,
     })
@@ -121,6 +122,7 @@ fn region_keys_only(file: &File, r: &mut Reported) {
         ("health", file.health.is_some()),
         ("cache", file.cache.is_some()),
         ("routes", file.routes.is_some()),
+        ("trusted_proxies", file.trusted_proxies.is_some()),
     ];
     for (key, _) in present.iter().filter(|(_, here)| *here) {
         r.error(*key, EDGE_ONLY);
@@ -139,6 +141,24 @@ fn region_keys_only(file: &File, r: &mut Reported) {
             r.error(format!("placement.{key}"), EDGE_ONLY);
         }
     }
+}
+
+/// CIDRs (`10.0.0.0/8`), or single addresses taken as one host.
+fn trusted_proxies(list: Vec<String>, r: &mut Reported) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => {
+                let message = format!("{text:?} is not an address or a CIDR such as 10.0.0.0/8");
+                r.error(format!("trusted_proxies[{i}]"), message);
+            }
+        }
+    }
+    nets
 }
 
 fn placement(p: schema::Placement, r: &mut Reported) -> PlacementSpec {

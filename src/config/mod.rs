@@ -45,6 +45,8 @@ pub struct Config {
     pub health: HealthSpec,
     /// The edge's result cache (used by routes with `cache:`).
     pub cache: CacheSpec,
+    /// Peers whose `X-Forwarded-For` the edge keeps (and extends).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,

@@ -38,6 +38,9 @@ pub struct File {
     pub health: Option<Health>,
     /// Edge only: the result cache used by routes with `cache:`.
     pub cache: Option<Cache>,
+    /// Edge only: proxies (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is kept and
+    /// extended; from anyone else it, `Forwarded` and `X-Real-IP` are dropped.
+    pub trusted_proxies: Option<Vec<String>>,
     /// The tasks this server can run, by name.
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,

@@ -54,7 +54,7 @@ routes:
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region` (line 2, column 7)",
         "listen: invalid socket address syntax (line 3, column 9)",
-        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `admin`, `forwarding`, `placement`, `regions`, `health`, `cache`, `tasks`, `routes` (line 4, column 9)",
+        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `admin`, `forwarding`, `placement`, `regions`, `health`, `cache`, `trusted_proxies`, `tasks`, `routes` (line 4, column 9)",
         "tasks.hello.limits.memory: invalid size \"64XB\"; use a size such as 64MiB or 512KiB (line 8, column 23)",
         "tasks.hello.limits.timeout: invalid duration \"soon\"; use a duration such as 50ms or 2s (line 8, column 38)",
         "routes[0].match.path_prefix: must start with \"/\" (line 10, column 27)",
@@ -192,6 +192,21 @@ fn shape_errors() {
             "placement.hot_threshold: applies to edges only (line 5, column 29)",
         ]
     );
+}
+
+#[test]
+fn trusted_proxies_are_addresses_or_cidrs() {
+    let yaml = "role: edge\nlisten: 127.0.0.1:1\ntrusted_proxies: [10.0.0.0/8, \"::1\", 192.168.1.7, nope, 10.0.0.0/99]\nroutes:\n  - match: { path_prefix: / }\n    origin: 127.0.0.1:2\n";
+    assert_eq!(
+        errors(yaml),
+        [
+            "trusted_proxies[3]: \"nope\" is not an address or a CIDR such as 10.0.0.0/8 (line 3, column 51)",
+            "trusted_proxies[4]: \"10.0.0.0/99\" is not an address or a CIDR such as 10.0.0.0/8 (line 3, column 57)",
+        ]
+    );
+    let ok = yaml.replace(", nope, 10.0.0.0/99", "");
+    let config = parse(&ok, Path::new(".")).expect("valid");
+    assert_eq!(config.trusted_proxies.len(), 3);
 }
 
 #[test]

@@ -17,7 +17,9 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use super::cached::{self, Phase};
 use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
-use super::{RequestIds, normalize_request, refuse_bad_framing, respond, strip_poplar_headers};
+use super::{
+    RequestIds, forwarded_for, normalize_request, refuse_bad_framing, respond, strip_poplar_headers,
+};
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
@@ -50,6 +52,8 @@ pub struct Parts {
     pub latencies: Arc<Latencies>,
     pub cache: Arc<Cache>,
     pub versions: HashMap<String, String>,
+    /// Peers whose `X-Forwarded-For` is kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Per-request state.
@@ -380,6 +384,11 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        forwarded_for(session.req_header_mut(), peer, &self.parts.trusted_proxies)?;
         match normalize_request(session.req_header_mut()) {
             Ok(host) => ctx.host = host,
             Err(e) => {
@@ -462,21 +471,10 @@ impl ProxyHttp for Edge {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(earlier) => format!("{earlier}, {}", client.ip()),
-                None => client.ip().to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
-        }
         if let Some(fwd) = &ctx.forward {
             self.sign(fwd, upstream)?;
         }

@@ -122,3 +122,36 @@ fn normalize_request(req: &mut RequestHeader) -> Result<Option<String>, String> 
     req.set_uri(uri);
     Ok(host)
 }
+
+/// `X-Forwarded-For` as the edge passes it on (to origins, regions and tasks alike): from a
+/// trusted proxy, its list (every line of it, in order) with the peer appended; from anyone
+/// else, the peer alone, and `Forwarded` and `X-Real-IP` dropped: a client cannot choose
+/// the address an origin believes it has.
+fn forwarded_for(
+    req: &mut RequestHeader,
+    peer: Option<std::net::IpAddr>,
+    trusted: &[ipnet::IpNet],
+) -> pingora_error::Result<()> {
+    let trusted_peer = peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)));
+    let mut chain: Vec<String> = Vec::new();
+    if trusted_peer {
+        chain = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+    } else {
+        req.remove_header("forwarded");
+        req.remove_header("x-real-ip");
+    }
+    req.remove_header("x-forwarded-for");
+    if let Some(ip) = peer {
+        chain.push(ip.to_string());
+    }
+    if !chain.is_empty() {
+        req.insert_header("x-forwarded-for", chain.join(", "))?;
+    }
+    Ok(())
+}
