@@ -602,3 +602,69 @@ async fn a_pure_routes_refresh_replays_its_body_in_a_region() {
         "payload-two"
     );
 }
+
+/// An origin that answers every request with a chunked body of `size` bytes, cacheable.
+fn chunked_origin(size: usize) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let head = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+            let body = format!("{size:x}\r\n{}\r\n0\r\n\r\n", "x".repeat(size));
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body.as_bytes());
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_of_unknown_length_is_not_called_stored_before_it_is() {
+    for (size, cached) in [(600_000, false), (1_000, true)] {
+        let origin = chunked_origin(size);
+        let edge = start_edge(&format!(
+            "role: edge\nlisten: LISTEN\nthreads: 1\ncache: {{ memory: 1MiB, max_entry: 512KiB }}\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: \"{origin}\"\n    cache: {{}}\n"
+        ));
+        let url = format!("{}/big", edge.base);
+        let first = client().get(&url).send().await.unwrap();
+        assert_eq!(header(&first, "cache-status"), "poplar; fwd=uri-miss");
+        assert_eq!(first.bytes().await.unwrap().len(), size);
+        let second = client().get(&url).send().await.unwrap();
+        assert_eq!(placement(&second) == "cache", cached, "{size} bytes");
+        assert_eq!(second.bytes().await.unwrap().len(), size);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_cannot_speak_for_the_cache_or_for_poplar() {
+    let edge = start_edge(
+        "role: edge\nlisten: LISTEN\nthreads: 1\ntasks:\n  echo:\n    wasm: echo.wasm\nroutes:\n  - match: { path_prefix: /echo }\n    task: echo\n",
+    );
+    let resp = client()
+        .get(format!("{}/echo", edge.base))
+        .header("x-echo-set-cache-status", "poplar; hit; ttl=999")
+        .header("x-echo-set-x-poplar-placement", "cache")
+        .header("x-echo-set-x-kept", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "x-kept"),
+        "yes",
+        "the task's own headers pass"
+    );
+    assert_eq!(
+        header(&resp, "cache-status"),
+        "",
+        "not on a route without cache"
+    );
+    assert_eq!(placement(&resp), "edge; reason=pinned");
+}

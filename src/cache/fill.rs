@@ -94,7 +94,14 @@ impl CacheCtx {
     }
 
     /// Judges the response head; returns the `Cache-Status` to send with it.
-    pub fn on_head(&mut self, cache: &Cache, head: &http::response::Parts) -> String {
+    /// `length` is the body's, when known now (a `content-length`, or a body already
+    /// whole): only then can the answer be called `stored` before its body has passed.
+    pub fn on_head(
+        &mut self,
+        cache: &Cache,
+        head: &http::response::Parts,
+        length: Option<usize>,
+    ) -> String {
         let mut detail = None;
         if self.fwd == Fwd::Method && (head.status.is_success() || head.status.is_redirection()) {
             cache.invalidate(&self.filing.key);
@@ -102,11 +109,7 @@ impl CacheCtx {
         if self.storable {
             match policy::judge(&self.filing.request, head, self.ttl, SystemTime::now()) {
                 Ok(verdict) => {
-                    let declared = head
-                        .headers
-                        .get(http::header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.parse().ok());
-                    if declared.is_none_or(|len: usize| cache.fits(len)) {
+                    if length.is_none_or(|len| cache.fits(len)) {
                         self.recording = Some(Recording {
                             verdict,
                             head: head.clone(),
@@ -119,9 +122,10 @@ impl CacheCtx {
                 Err(why) => detail = Some(why.as_str()),
             }
         }
+        // A body of unknown length may yet outgrow the cache: not claimed as stored.
         let status = Status::Forward {
             fwd: self.fwd,
-            stored: self.recording.is_some(),
+            stored: self.recording.is_some() && length.is_some(),
             detail,
         };
         let header = status.header();

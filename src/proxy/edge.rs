@@ -496,7 +496,11 @@ impl ProxyHttp for Edge {
             response.insert_header("x-poplar-placement", placement)?;
         }
         if let Some(cache) = &mut ctx.cache {
-            let status = cache.on_head(&self.parts.cache, &response.as_owned_parts());
+            let length = response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let status = cache.on_head(&self.parts.cache, &response.as_owned_parts(), length);
             response.insert_header("cache-status", status)?;
             let length = response.headers.get(http::header::CONTENT_LENGTH);
             if length.is_some_and(|v| v.as_bytes() == b"0") {

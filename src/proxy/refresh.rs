@@ -45,7 +45,7 @@ pub fn spawn(cache: Arc<Cache>, mut ctx: Box<CacheCtx>, source: Source) {
         let fetched = tokio::time::timeout(REFRESH_TIMEOUT, fetch(&ctx, source)).await;
         match fetched {
             Ok(Ok((head, body))) => {
-                ctx.on_head(&cache, &head);
+                ctx.on_head(&cache, &head, Some(body.len()));
                 ctx.on_body(&cache, &body);
                 ctx.on_end(&cache);
             }

@@ -126,7 +126,8 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     };
     let mut head = response_head(&response, started, run.placement.as_deref())?;
     if let Some((cache, ctx)) = &mut run.cache {
-        head.insert_header("cache-status", ctx.on_head(cache, &response.head))?;
+        let length = complete.then(|| chunks.iter().map(Bytes::len).sum());
+        head.insert_header("cache-status", ctx.on_head(cache, &response.head, length))?;
         chunks.iter().for_each(|c| ctx.on_body(cache, c));
         if complete {
             ctx.on_end(cache);
@@ -244,7 +245,9 @@ fn response_head(
     let mut head =
         ResponseHeader::build(response.head.status, Some(response.head.headers.len() + 3))?;
     for (name, value) in &response.head.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && !name.as_str().starts_with("x-poplar-") {
+        // A guest speaks neither for Poplar nor for its cache.
+        let ours = name.as_str().starts_with("x-poplar-") || name == "cache-status";
+        if !HOP_BY_HOP.contains(&name.as_str()) && !ours {
             head.append_header(name.clone(), value.clone())?;
         }
     }
