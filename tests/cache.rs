@@ -668,3 +668,35 @@ async fn a_task_cannot_speak_for_the_cache_or_for_poplar() {
     );
     assert_eq!(placement(&resp), "edge; reason=pinned");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variants_of_one_url_do_not_wait_on_each_others_fill() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{}");
+    let url = format!(
+        "{}/site/v?cc=max-age=60&vary=accept-language&delay_ms=300",
+        edge.base
+    );
+    let get = |lang: &'static str| {
+        client()
+            .get(url.clone())
+            .header("accept-language", lang)
+            .send()
+    };
+    get("en").await.unwrap();
+    let coalesced = || async {
+        common::admin_stats(admin).await["cache"]["coalesced_waits"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = coalesced().await;
+    let (fr, de) = tokio::join!(get("fr"), get("de"));
+    assert_eq!(fr.unwrap().status(), 200);
+    assert_eq!(de.unwrap().status(), 200);
+    assert_eq!(coalesced().await, before, "fr and de filled side by side");
+    let (a, b) = tokio::join!(get("it"), get("it"));
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
+    assert_eq!(coalesced().await, before + 1, "one variant still coalesces");
+}

@@ -206,6 +206,25 @@ impl Cache {
         }
     }
 
+    /// What concurrent misses on `key` coalesce on: the key itself, and, when its stored
+    /// responses vary, this request's values of the headers they vary on, so that filling
+    /// one variant never makes another wait.
+    pub fn lock_key(&self, key: &str, req: &request::Parts) -> String {
+        let bucket = self.store.get(&hash(key)).filter(|b| b.key == key);
+        let Some(entry) = bucket.as_ref().and_then(|b| b.variants.last()) else {
+            return key.to_string();
+        };
+        let mut lock = key.to_string();
+        for (name, _) in &entry.vary {
+            let value = req.headers.get(name.as_str()).map(|v| v.as_bytes());
+            lock.push('\n');
+            lock.push_str(name);
+            lock.push('=');
+            lock.push_str(&String::from_utf8_lossy(value.unwrap_or(b"")));
+        }
+        lock
+    }
+
     pub fn count_hit(&self) {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
     }

@@ -62,7 +62,8 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             };
             write(session, &entry, &status, now).await?;
             ctx.fwd = Fwd::Stale;
-            if let Turn::Lead(leader) = cache.locks.acquire(&ctx.filing.key) {
+            let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
+            if let Turn::Lead(leader) = cache.locks.acquire(&lock) {
                 // A refresh may have finished between the lookup and the lock.
                 let refreshed =
                     cache.lookup(&ctx.filing.key, &ctx.filing.request, SystemTime::now());
@@ -81,7 +82,10 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
         Lookup::Miss => ctx.fwd = Fwd::UriMiss,
     }
     cache.count_miss();
-    match cache.locks.acquire(&ctx.filing.key) {
+    match cache
+        .locks
+        .acquire(&cache.lock_key(&ctx.filing.key, &ctx.filing.request))
+    {
         Turn::Lead(leader) => ctx.leader = Some(leader),
         Turn::Wait(rx) => {
             cache.count_coalesced();
