@@ -53,6 +53,13 @@ fn decode_unreserved(raw: &str) -> String {
         match escape {
             Some(b) if is_unreserved(b) => out.push(char::from(b)),
             Some(b) => out.push_str(&format!("%{b:02X}")),
+            // A `%` that starts no escape is data: written as one, so that decoding what
+            // follows cannot make an escape of it (`/%%330` is `/%2530`, not `/%30`).
+            None if bytes[i] == b'%' => {
+                out.push_str("%25");
+                i += 1;
+                continue;
+            }
             None => {
                 // Not an escape: copy the character whole (the path may hold UTF-8).
                 let c = raw[i..].chars().next().unwrap_or('\u{fffd}');
@@ -135,7 +142,8 @@ mod tests {
             ("/a/%2e%2e/b", "/b"),
             ("/a/%2f/b", "/a/%2F/b"),
             ("/a/b/..", "/a/"),
-            ("/%zz", "/%zz"),
+            ("/%zz", "/%25zz"),
+            ("/%%330", "/%2530"),
             ("/caf%C3%A9", "/caf%C3%A9"),
             ("/..", "/"),
         ];

@@ -219,11 +219,13 @@ fn steps(path: &str) -> Vec<Step<'_>> {
         if !key.is_empty() {
             out.push(Step::Key(key));
         }
+        // A key may itself hold brackets (`0[]]`): anything that is not `[n]` is skipped,
+        // and `take_out` then finds nothing and stops.
         while let Some(close) = rest.find(']') {
-            if let Ok(i) = rest[1..close].parse() {
+            if let Some(i) = rest.get(1..close).and_then(|n| n.parse().ok()) {
                 out.push(Step::Index(i));
             }
-            rest = &rest[close + 1..];
+            rest = rest.get(close + 1..).unwrap_or_default();
         }
     }
     out
