@@ -65,7 +65,10 @@ fn inline(c: &mut Criterion) {
                     .await
                     .unwrap();
                 let mut response = hello.call(slot, request(), id).await.unwrap();
-                let (chunks, complete) = response.collect_up_to(64 << 10).await.unwrap();
+                let (chunks, complete) = response
+                    .collect_up_to(64 << 10, std::time::Duration::from_secs(1))
+                    .await
+                    .unwrap();
                 assert!(complete && !chunks.is_empty());
             }
         })

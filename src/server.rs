@@ -17,7 +17,7 @@ use pingora_core::services::listening::Service;
 use std::collections::HashMap;
 
 use crate::admin::{Admin, Sources};
-use crate::cache::Cache;
+use crate::cache::{Cache, Clock};
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
 use crate::metrics::Counters;
 use crate::placement::Placer;
@@ -29,10 +29,15 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    build_with(config, source, false)
+    build_with(config, source, false, Clock::default())
 }
 
-fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Server, ConfigErrors> {
+fn build_with(
+    config: &Config,
+    source: &Path,
+    work_stealing: bool,
+    clock: Clock,
+) -> Result<Server, ConfigErrors> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config, work_stealing));
     server.bootstrap();
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
@@ -46,7 +51,7 @@ fn build_with(config: &Config, source: &Path, work_stealing: bool) -> Result<Ser
     };
     match config.role {
         Role::Edge => {
-            let edge = edge(config, source, counters)?;
+            let edge = edge(config, source, counters, clock)?;
             sources = Sources {
                 latencies: Some(edge.latencies.clone()),
                 placer: Some(edge.placer.clone()),
@@ -103,6 +108,7 @@ fn edge(
     config: &Config,
     source: &Path,
     counters: Arc<Counters>,
+    clock: Clock,
 ) -> Result<EdgeParts, ConfigErrors> {
     let runtime = runtime(config, source)?;
     let pinned_names: Vec<&str> = config
@@ -138,7 +144,7 @@ fn edge(
         key,
         counters,
         latencies: Arc::default(),
-        cache: Arc::new(Cache::new(config.cache)),
+        cache: Arc::new(Cache::with_clock(config.cache, clock)),
         versions,
         trusted_proxies: config.trusted_proxies.clone(),
     })
@@ -282,6 +288,9 @@ pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
 /// Dropping it stops the server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The clock its cache judges freshness by: [`Clock::advance`] ages every entry
+    /// without waiting.
+    pub clock: Clock,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -290,7 +299,8 @@ impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
         probe_listeners(config)?;
-        let server = build_with(config, source, true)?;
+        let clock = Clock::default();
+        let server = build_with(config, source, true, clock.clone())?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("poplar {}", config.listen))
@@ -301,6 +311,7 @@ impl Running {
             })?;
         let running = Running {
             addr: config.listen,
+            clock,
             stop,
             thread: Some(thread),
         };

@@ -48,10 +48,20 @@ async fn wstd_example_server_runs_unchanged() {
         .unwrap();
     assert_eq!(resp.status(), 418);
 
-    // Five pieces, 100 ms apart: streamed through as the guest writes them.
-    let resp = client().get(url("/stream-body")).send().await.unwrap();
+    // Five pieces, 100 ms apart: streamed through as the guest writes them (chunked, and
+    // arriving in more than one piece), not collected first.
+    let mut resp = client().get(url("/stream-body")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "not collected"
+    );
+    let mut pieces = Vec::new();
+    while let Some(piece) = resp.chunk().await.unwrap() {
+        pieces.push(piece);
+    }
+    assert!(pieces.len() >= 2, "arrived as one piece: {pieces:?}");
+    let text = String::from_utf8(pieces.concat()).unwrap();
     assert_eq!(
         text.lines()
             .filter(|l| l.starts_with("stream started"))

@@ -4,7 +4,6 @@
 //! store it whole. No I/O: the proxy phases feed it.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::BytesMut;
 
@@ -107,7 +106,7 @@ impl CacheCtx {
             cache.invalidate(&self.filing.key);
         }
         if self.storable {
-            match policy::judge(&self.filing.request, head, self.ttl, SystemTime::now()) {
+            match policy::judge(&self.filing.request, head, self.ttl, cache.now()) {
                 Ok(verdict) => {
                     if length.is_none_or(|len| cache.fits(len)) {
                         self.recording = Some(Recording {
@@ -157,7 +156,7 @@ impl CacheCtx {
                 r.verdict,
                 &r.head,
                 r.body.freeze(),
-                SystemTime::now(),
+                cache.now(),
             );
         }
         self.leader = None;

@@ -109,6 +109,25 @@ struct Bucket {
     variants: Vec<Arc<Entry>>,
 }
 
+/// The time the cache judges freshness by: the system clock plus an offset that only
+/// moves forward, so a test can let entries age without sleeping.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    ahead_ms: Arc<AtomicU64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now() + std::time::Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves this clock `by` ahead of the system's.
+    pub fn advance(&self, by: std::time::Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.ahead_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
 /// The answer of a lookup.
 pub enum Lookup {
     Fresh(Arc<Entry>),
@@ -159,10 +178,16 @@ pub struct Cache {
     pub locks: Arc<Locks>,
     spec: CacheSpec,
     counters: Counters,
+    clock: Clock,
 }
 
 impl Cache {
     pub fn new(spec: CacheSpec) -> Cache {
+        Cache::with_clock(spec, Clock::default())
+    }
+
+    /// A cache reading the time from `clock` (which tests move on instead of sleeping).
+    pub fn with_clock(spec: CacheSpec, clock: Clock) -> Cache {
         let units = (spec.memory as usize / WEIGHT_UNIT).max(1);
         Cache {
             store: TinyUfo::new(units, (units / 16).max(16)),
@@ -170,7 +195,13 @@ impl Cache {
             locks: Arc::new(Locks::default()),
             spec,
             counters: Counters::default(),
+            clock,
         }
+    }
+
+    /// Now, as freshness is judged: the system clock, moved on by any [`Clock::advance`].
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     pub fn spec(&self) -> &CacheSpec {

@@ -41,7 +41,7 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
         cache.count_miss();
         return Ok(Phase::Forward(Box::new(ctx)));
     }
-    let now = SystemTime::now();
+    let now = cache.now();
     match cache.lookup(&ctx.filing.key, &ctx.filing.request, now) {
         Lookup::Fresh(entry) => {
             cache.count_hit();
@@ -65,8 +65,7 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
             if let Turn::Lead(leader) = cache.locks.acquire(&lock) {
                 // A refresh may have finished between the lookup and the lock.
-                let refreshed =
-                    cache.lookup(&ctx.filing.key, &ctx.filing.request, SystemTime::now());
+                let refreshed = cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now());
                 if !matches!(refreshed, Lookup::Fresh(_)) {
                     ctx.leader = Some(leader);
                     return Ok(Phase::Refresh(Box::new(ctx)));
@@ -91,9 +90,9 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             cache.count_coalesced();
             if lock::wait(rx, cache.spec().lock_timeout).await
                 && let Lookup::Fresh(entry) =
-                    cache.lookup(&ctx.filing.key, &ctx.filing.request, SystemTime::now())
+                    cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now())
             {
-                let now = SystemTime::now();
+                let now = cache.now();
                 let status = Status::Hit {
                     ttl: entry.ttl(now),
                     detail: None,
@@ -119,7 +118,7 @@ pub async fn serve_stale_on_error(
         ctx.stale.is_some()
     );
     let entry = ctx.stale.as_ref()?;
-    let now = SystemTime::now();
+    let now = cache.now();
     if !entry.may_serve_on_error(now) || session.response_written().is_some() {
         return None;
     }

@@ -103,7 +103,7 @@ async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response
                 .ok_or_else(|| anyhow::anyhow!("no execution slot free"))?;
             let request = http::Request::from_parts(parts, Full::new(body));
             let mut response = task.call(slot, request, "refresh".into()).await?;
-            let (chunks, complete) = response.collect_up_to(usize::MAX).await?;
+            let (chunks, complete) = response.collect_up_to(usize::MAX, REFRESH_TIMEOUT).await?;
             anyhow::ensure!(complete, "body not complete");
             Ok((response.head.clone(), crate::body::concat(chunks)))
         }

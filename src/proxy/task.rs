@@ -21,6 +21,8 @@ use crate::wasm::{GuestResponse, Runtime, Task, TaskError};
 /// Bodies up to this size are collected and sent with a `content-length`; longer ones
 /// stream with chunked encoding.
 const COLLECT_LIMIT: usize = 64 << 10;
+/// How long a body may take to be written whole and still be sent with a length.
+const COLLECT_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Response headers a task may not set: hop-by-hop ones, and framing, which Poplar owns.
 const HOP_BY_HOP: &[&str] = &[
@@ -104,7 +106,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     let request_id = run.request_id.clone();
     let outcome = async {
         let mut response = task.call(slot, request, request_id).await?;
-        let collected = response.collect_up_to(COLLECT_LIMIT).await?;
+        let collected = response.collect_up_to(COLLECT_LIMIT, COLLECT_WAIT).await?;
         Ok::<_, TaskError>((response, collected))
     }
     .await;

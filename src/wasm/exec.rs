@@ -177,13 +177,24 @@ impl GuestResponse {
         }
     }
 
-    /// The whole body if it ends within `limit` bytes; otherwise what was read so far,
-    /// with `false`.
-    pub async fn collect_up_to(&mut self, limit: usize) -> Result<(Vec<Bytes>, bool), TaskError> {
+    /// The whole body if it ends within `limit` bytes and `wait`; otherwise what was read
+    /// so far, with `false`, and the rest is streamed. A guest that writes its body at once
+    /// gets a `content-length`; one that writes over time (a stream, a slow task) is passed
+    /// on as it writes, not held back until it is done.
+    pub async fn collect_up_to(
+        &mut self,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<(Vec<Bytes>, bool), TaskError> {
+        let until = tokio::time::Instant::now() + wait;
         let mut chunks = Vec::new();
         let mut len = 0;
         while len <= limit {
-            match self.chunk().await? {
+            // Cancel-safe: a frame not yet read stays in the body, the guest in `run`.
+            let Ok(next) = tokio::time::timeout_at(until, self.chunk()).await else {
+                return Ok((chunks, false));
+            };
+            match next? {
                 Some(chunk) => {
                     len += chunk.len();
                     chunks.push(chunk);
