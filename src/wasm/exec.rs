@@ -190,9 +190,15 @@ impl GuestResponse {
         let mut chunks = Vec::new();
         let mut len = 0;
         while len <= limit {
-            // Cancel-safe: a frame not yet read stays in the body, the guest in `run`.
-            let Ok(next) = tokio::time::timeout_at(until, self.chunk()).await else {
-                return Ok((chunks, false));
+            // A piece ready now costs no timer (the common case: a guest that writes its
+            // body at once). Cancel-safe: an unread frame stays in the body, the guest in
+            // `run`.
+            let next = match futures_util::FutureExt::now_or_never(self.chunk()) {
+                Some(next) => next,
+                None => match tokio::time::timeout_at(until, self.chunk()).await {
+                    Ok(next) => next,
+                    Err(_) => return Ok((chunks, false)),
+                },
             };
             match next? {
                 Some(chunk) => {
