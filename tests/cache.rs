@@ -663,3 +663,44 @@ async fn variants_of_one_url_do_not_wait_on_each_others_fill() {
     assert_eq!(b.unwrap().status(), 200);
     assert_eq!(coalesced().await, before + 1, "one variant still coalesces");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_fails_over_to_another_region_as_a_forward_does() {
+    let key = Key::new();
+    let (east, west) = (start_region(&key, &["echo"]), start_region(&key, &["echo"]));
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 1h }}\nregions:\n  east: {{ address: \"{}\" }}\n  west: {{ address: \"{}\" }}\ntasks:\n  echo:\n    wasm: echo.wasm\nroutes:\n  - match: {{ path_prefix: /echo }}\n    task: echo\n    placement: region\n    region: east\n    cache: {{}}\n",
+        key.path(),
+        east.addr,
+        west.addr
+    ));
+    let get = || {
+        client()
+            .get(format!("{}/echo/r", edge.base))
+            .header(
+                "x-echo-set-cache-control",
+                "max-age=1, stale-while-revalidate=60",
+            )
+            .send()
+    };
+    let first = get().await.unwrap();
+    assert_eq!(placement(&first), "region; name=east; reason=pinned");
+    east.stop();
+    edge.running.clock.advance(Duration::from_millis(2100));
+    let stale = get().await.unwrap();
+    assert!(header(&stale, "cache-status").ends_with("detail=stale-while-revalidate"));
+    // The refresh finds east gone (the edge has not probed it) and asks west.
+    let started = Instant::now();
+    loop {
+        let status = header(&get().await.unwrap(), "cache-status");
+        if status.starts_with("poplar; hit; ttl=") && !status.contains("detail") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never refreshed: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(west);
+}

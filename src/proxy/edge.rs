@@ -320,30 +320,20 @@ impl Edge {
     /// Fetches a stale entry's answer again in the background.
     fn refresh(&self, route: &Route, cache_ctx: Box<CacheCtx>) {
         let source = match &route.target {
-            Target::Origin(addr) => Source::Http {
-                addr: *addr,
-                signing: None,
-            },
+            Target::Origin(addr) => Source::Origin(*addr),
             Target::Task(name) if !self.parts.regions.is_empty() => {
-                let home = route
-                    .region
-                    .as_deref()
-                    .and_then(|h| self.parts.regions.index_of(h));
-                let region = self
-                    .parts
-                    .regions
-                    .choose(home, &[])
-                    .and_then(|i| self.parts.regions.spec(i));
-                let (Some(region), Some(key)) = (region, &self.parts.key) else {
+                let Some(key) = &self.parts.key else {
                     return;
                 };
-                Source::Http {
-                    addr: region.address,
-                    signing: Some(refresh::Signing {
+                let home = route.region.as_deref();
+                Source::Region {
+                    regions: self.parts.regions.clone(),
+                    home: home.and_then(|h| self.parts.regions.index_of(h)),
+                    signing: refresh::Signing {
                         key: key.0.clone(),
                         task: name.clone(),
                         request_id: self.ids.next(),
-                    }),
+                    },
                 }
             }
             Target::Task(name) => {
