@@ -60,14 +60,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         r.error("listen", "missing");
         SocketAddr::from(([0, 0, 0, 0], 0))
     });
-    let threads = match file.threads {
-        Some(0) => {
-            r.error("threads", "must be at least 1");
-            1
-        }
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = threads(file.threads, r);
     if let Some(admin) = &file.admin
         && admin.listen == listen
     {
@@ -91,10 +84,11 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         let message = "must be at most 64KiB with regions: a body read for an inline try is replayed to a region on fallback";
         r.error("placement.inline_limits.max_body", message);
     }
+    // An edge with regions, and a region, need a key: from the environment if no file.
+    let needs_key = !edge || !declared.regions.is_empty();
     let key_source = match file.forwarding {
         Some(f) => Some(KeySource::File(base.join(f.key_file))),
-        None if !edge || !declared.regions.is_empty() => Some(KeySource::Env),
-        None => None,
+        None => needs_key.then_some(KeySource::Env),
     };
     Some(Config {
         role,
@@ -113,6 +107,18 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         tasks,
         routes,
     })
+}
+
+/// Worker threads: at least one; by default one per core.
+fn threads(threads: Option<usize>, r: &mut Reported) -> usize {
+    match threads {
+        Some(0) => {
+            r.error("threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 /// A region has no routes, regions, health checks or cache, and places nothing.

@@ -45,33 +45,15 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
     match cache.lookup(&ctx.filing.key, &ctx.filing.request, now) {
         Lookup::Fresh(entry) => {
             cache.count_hit();
-            let status = Status::Hit {
-                ttl: entry.ttl(now),
-                detail: None,
-                collapsed: false,
-            };
-            write(session, &entry, &status, now).await?;
+            write(session, &entry, &hit(&entry, now, None, false), now).await?;
             return Ok(Phase::Answered);
         }
         Lookup::Stale(entry) if entry.may_revalidate_in_background(now) => {
             cache.count_stale_served();
-            let status = Status::Hit {
-                ttl: entry.ttl(now),
-                detail: Some("stale-while-revalidate"),
-                collapsed: false,
-            };
+            let status = hit(&entry, now, Some("stale-while-revalidate"), false);
             write(session, &entry, &status, now).await?;
             ctx.fwd = Fwd::Stale;
-            let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
-            if let Turn::Lead(leader) = cache.locks.acquire(&lock) {
-                // A refresh may have finished between the lookup and the lock.
-                let refreshed = cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now());
-                if !matches!(refreshed, Lookup::Fresh(_)) {
-                    ctx.leader = Some(leader);
-                    return Ok(Phase::Refresh(Box::new(ctx)));
-                }
-            }
-            return Ok(Phase::Answered);
+            return Ok(lead_a_refresh(cache, ctx));
         }
         Lookup::Stale(entry) => {
             ctx.fwd = Fwd::Stale;
@@ -81,10 +63,41 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
         Lookup::Miss => ctx.fwd = Fwd::UriMiss,
     }
     cache.count_miss();
-    match cache
-        .locks
-        .acquire(&cache.lock_key(&ctx.filing.key, &ctx.filing.request))
-    {
+    coalesce(session, cache, ctx).await
+}
+
+fn hit(
+    entry: &Entry,
+    now: std::time::SystemTime,
+    detail: Option<&'static str>,
+    collapsed: bool,
+) -> Status {
+    Status::Hit {
+        ttl: entry.ttl(now),
+        detail,
+        collapsed,
+    }
+}
+
+/// After a stale answer went out: this request refreshes the entry in the background,
+/// unless another is at it or it was refreshed between the lookup and the lock.
+fn lead_a_refresh(cache: &Cache, mut ctx: CacheCtx) -> Phase {
+    let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
+    if let Turn::Lead(leader) = cache.locks.acquire(&lock) {
+        let refreshed = cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now());
+        if !matches!(refreshed, Lookup::Fresh(_)) {
+            ctx.leader = Some(leader);
+            return Phase::Refresh(Box::new(ctx));
+        }
+    }
+    Phase::Answered
+}
+
+/// A miss: the first request for its key (and variant) fills it; the others wait for that
+/// answer, up to `lock_timeout`, and go forward themselves if it did not come.
+async fn coalesce(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> Result<Phase> {
+    let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
+    match cache.locks.acquire(&lock) {
         Turn::Lead(leader) => ctx.leader = Some(leader),
         Turn::Wait(rx) => {
             cache.count_coalesced();
@@ -93,12 +106,7 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
                     cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now())
             {
                 let now = cache.now();
-                let status = Status::Hit {
-                    ttl: entry.ttl(now),
-                    detail: None,
-                    collapsed: true,
-                };
-                write(session, &entry, &status, now).await?;
+                write(session, &entry, &hit(&entry, now, None, true), now).await?;
                 return Ok(Phase::Answered);
             }
         }

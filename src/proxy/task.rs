@@ -64,46 +64,15 @@ pub enum Served {
 
 /// Runs the task for the request in `session` and writes the answer, whatever it is.
 pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served> {
-    let task = run.task;
-    if run.may_fall_back && run.body.is_none() {
-        // Pingora replays this buffer (at most 64 KiB, which admission ensures) upstream.
-        session.enable_retry_buffering();
-    }
-    let body = match run.body.take() {
-        Some(body) => Ok(body),
-        None => read_body(session, task.limits.max_body).await,
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(kind) => {
-            let message = match kind {
-                ErrorKind::TooLarge => format!("body over {} bytes", task.limits.max_body),
-                _ => "cannot read the request body".to_string(),
-            };
-            fail(session, &run, kind, &message, None).await?;
-            return Ok(Served::Answered);
-        }
+    let Some(body) = body_for(session, &mut run).await? else {
+        return Ok(Served::Answered);
     };
     let request = guest_request(session, body);
-
     let started = Instant::now();
-    let slot = match run.slot.take() {
-        Some(slot) => slot,
-        None => {
-            let until = tokio::time::Instant::from_std(started + task.limits.timeout);
-            let Some(slot) = run.runtime.slot(until).await else {
-                log::warn!(
-                    "[{}] task {}: no execution slot freed up within its deadline",
-                    run.request_id,
-                    task.name
-                );
-                fail(session, &run, ErrorKind::Busy, "", None).await?;
-                return Ok(Served::Answered);
-            };
-            slot
-        }
+    let Some(slot) = slot_for(session, &mut run, started).await? else {
+        return Ok(Served::Answered);
     };
-    let request_id = run.request_id.clone();
+    let (task, request_id) = (run.task, run.request_id.clone());
     let outcome = async {
         let mut response = task.call(slot, request, request_id).await?;
         let collected = response.collect_up_to(COLLECT_LIMIT, COLLECT_WAIT).await?;
@@ -113,9 +82,9 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     let (mut response, (chunks, complete)) = match outcome {
         Ok(done) => done,
         Err(e @ (TaskError::Deadline | TaskError::Memory)) if run.may_fall_back => {
+            let id = &run.request_id;
             log::warn!(
-                "[{}] task {}: {e} at the edge; retrying in a region",
-                run.request_id,
+                "[{id}] task {}: {e} at the edge; retrying in a region",
                 task.name
             );
             return Ok(Served::FallBack);
@@ -135,30 +104,91 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
             ctx.on_end(cache);
         }
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
     if complete {
-        let body = crate::body::concat(chunks);
-        head.insert_header("content-length", body.len())?;
-        // A HEAD response says how long the body would be, and sends none.
-        let end = body.is_empty() || head_only;
-        session.write_response_header(Box::new(head), end).await?;
-        if !end {
-            session.write_response_body(Some(body), true).await?;
-        }
-        return Ok(Served::Answered);
+        write_whole(session, head, crate::body::concat(chunks)).await?;
+    } else {
+        write_streamed(session, head, chunks, &mut run, &mut response).await?;
     }
+    Ok(Served::Answered)
+}
+
+/// The request body for the guest: already read, or read now within the task's
+/// `max_body`. `None` once an error was answered.
+async fn body_for(session: &mut Session, run: &mut Inline<'_>) -> Result<Option<Bytes>> {
+    if let Some(body) = run.body.take() {
+        return Ok(Some(body));
+    }
+    if run.may_fall_back {
+        // Pingora replays this buffer (at most 64 KiB, which admission ensures) upstream.
+        session.enable_retry_buffering();
+    }
+    let max_body = run.task.limits.max_body;
+    match read_body(session, max_body).await {
+        Ok(body) => Ok(Some(body)),
+        Err(kind) => {
+            let message = match kind {
+                ErrorKind::TooLarge => format!("body over {max_body} bytes"),
+                _ => "cannot read the request body".to_string(),
+            };
+            fail(session, run, kind, &message, None).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The execution slot: taken already, or waited for within the task's deadline. `None`
+/// once `busy` was answered.
+async fn slot_for(
+    session: &mut Session,
+    run: &mut Inline<'_>,
+    started: Instant,
+) -> Result<Option<OwnedSemaphorePermit>> {
+    if let Some(slot) = run.slot.take() {
+        return Ok(Some(slot));
+    }
+    let until = tokio::time::Instant::from_std(started + run.task.limits.timeout);
+    if let Some(slot) = run.runtime.slot(until).await {
+        return Ok(Some(slot));
+    }
+    let detail = format!(
+        "[{}] task {}: no execution slot freed up within its deadline",
+        run.request_id, run.task.name
+    );
+    fail(session, run, ErrorKind::Busy, &detail, None).await?;
+    Ok(None)
+}
+
+/// A whole body, with its length. A HEAD response says how long it would be, sends none.
+async fn write_whole(session: &mut Session, mut head: ResponseHeader, body: Bytes) -> Result<()> {
+    head.insert_header("content-length", body.len())?;
+    let end = body.is_empty() || session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(head), end).await?;
+    if !end {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The pieces read so far, then the rest as the guest writes it.
+async fn write_streamed(
+    session: &mut Session,
+    mut head: ResponseHeader,
+    chunks: Vec<Bytes>,
+    run: &mut Inline<'_>,
+    response: &mut GuestResponse,
+) -> Result<()> {
     head.insert_header("transfer-encoding", "chunked")?;
+    let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(head), head_only)
         .await?;
     if head_only {
-        return Ok(Served::Answered);
+        return Ok(());
     }
     for chunk in chunks {
         session.write_response_body(Some(chunk), false).await?;
     }
-    stream_rest(session, &mut run, &mut response).await?;
-    Ok(Served::Answered)
+    stream_rest(session, run, response).await
 }
 
 /// Answers an error, with the route's `Cache-Status` if it has one.
