@@ -245,6 +245,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         admin: None,
         key_source: None,
         trusted_proxies: Vec::new(),
+        request_id_header: None,
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
         regions: Vec::new(),
@@ -289,6 +290,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         admin: Some(addrs.admin),
         key_source: None,
         trusted_proxies: Vec::new(),
+        request_id_header: None,
         forwarding_key: Some(key),
         placement: PlacementSpec {
             hot_threshold: 5.0,

@@ -147,6 +147,7 @@ fn edge(
         cache: Arc::new(Cache::with_clock(config.cache, clock)),
         versions,
         trusted_proxies: config.trusted_proxies.clone(),
+        request_id_header: config.request_id_header.clone(),
     })
 }
 

@@ -122,7 +122,7 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let file = write_config(
         dir.path(),
         &format!(
-            "role: edge\nlisten: \"{addr}\"\nthreads: 2\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
+            "role: edge\nlisten: \"{addr}\"\nthreads: 2\nrequest_id_header: x-request-id\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
             wasm.display()
         ),
     );
@@ -148,6 +148,13 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
         }
     };
     assert!(body.is_empty());
+    // An id given by a proxy in front tags the guest's lines instead.
+    let given = reqwest::blocking_get_with(
+        format!("http://{addr}/echo-headers"),
+        "x-request-id: lb-7f3a.2\r\n",
+    )
+    .unwrap();
+    assert!(given.is_empty());
     // SIGINT: Pingora's fast shutdown.
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -165,6 +172,10 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
         line.contains("poplar::guest") && line.contains("] stdout: serving"),
         "{line}"
     );
+    assert!(
+        logged.contains("[lb-7f3a.2] stdout: serving /echo-headers"),
+        "{logged}"
+    );
 }
 
 /// A tiny blocking GET, so this test needs no async runtime.
@@ -172,12 +183,17 @@ mod reqwest {
     use std::io::{Read, Write};
 
     pub fn blocking_get(url: String) -> std::io::Result<String> {
+        blocking_get_with(url, "")
+    }
+
+    /// With more header lines, each ending in CRLF.
+    pub fn blocking_get_with(url: String, headers: &str) -> std::io::Result<String> {
         let rest = url.strip_prefix("http://").unwrap();
         let (host, path) = rest.split_once('/').unwrap();
         let mut stream = std::net::TcpStream::connect(host)?;
         write!(
             stream,
-            "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+            "GET /{path} HTTP/1.1\r\nhost: {host}\r\n{headers}connection: close\r\n\r\n"
         )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;

@@ -104,6 +104,16 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
             .map_or_else(HealthSpec::default, |h| health(h, r)),
         cache: file.cache.map_or_else(CacheSpec::default, |c| cache(c, r)),
         trusted_proxies: trusted_proxies(file.trusted_proxies.unwrap_or_default(), r),
+        request_id_header: file.request_id_header.and_then(|name| {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
+            if parsed.is_none() {
+                r.error(
+                    "request_id_header",
+                    format!("{name:?} is not a header name"),
+                );
+            }
+            parsed
+        }),
         tasks,
         routes,
     })
@@ -129,6 +139,7 @@ fn region_keys_only(file: &File, r: &mut Reported) {
         ("cache", file.cache.is_some()),
         ("routes", file.routes.is_some()),
         ("trusted_proxies", file.trusted_proxies.is_some()),
+        ("request_id_header", file.request_id_header.is_some()),
     ];
     for (key, _) in present.iter().filter(|(_, here)| *here) {
         r.error(*key, EDGE_ONLY);

@@ -47,6 +47,8 @@ pub struct Config {
     pub cache: CacheSpec,
     /// Peers whose `X-Forwarded-For` the edge keeps (and extends).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where request ids come from when a proxy in front sets them.
+    pub request_id_header: Option<http::HeaderName>,
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,

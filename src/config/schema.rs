@@ -41,6 +41,9 @@ pub struct File {
     /// Edge only: proxies (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is kept and
     /// extended; from anyone else it, `Forwarded` and `X-Real-IP` are dropped.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Edge only: a header (such as `x-request-id`) whose value, set by a proxy in front,
+    /// becomes the request's id in logs and is sent on to regions; else the edge makes one.
+    pub request_id_header: Option<String>,
     /// The tasks this server can run, by name.
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,

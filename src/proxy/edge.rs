@@ -54,6 +54,8 @@ pub struct Parts {
     pub versions: HashMap<String, String>,
     /// Peers whose `X-Forwarded-For` is kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A header that carries request ids from a proxy in front (`request_id_header`).
+    pub request_id_header: Option<http::HeaderName>,
 }
 
 /// Per-request state.
@@ -71,6 +73,9 @@ pub struct Ctx {
     pub(super) body: Option<Bytes>,
     /// The host the request is for, normalised ([`crate::normalize`]).
     host: Option<String>,
+    /// This request's id in logs, the guest's included, and sent to a region with it: from
+    /// `request_id_header` when the request has a usable one, else made here.
+    request_id: Arc<str>,
 }
 
 /// A task request on its way to a region.
@@ -122,7 +127,7 @@ impl Edge {
                     runtime: self.parts.placer.runtime(),
                     task: &task,
                     slot,
-                    request_id: self.ids.next(),
+                    request_id: ctx.request_id.clone(),
                     placement: Some(format!("edge; reason={}", reason.as_str())),
                     may_fall_back: reason == Reason::Hot,
                     body: ctx.body.clone(),
@@ -149,7 +154,7 @@ impl Edge {
         };
         ctx.forward = Some(Forward {
             task: name.to_string(),
-            request_id: self.ids.next(),
+            request_id: ctx.request_id.clone(),
             body,
             reason,
             home: home.and_then(|h| self.parts.regions.index_of(h)),
@@ -157,6 +162,27 @@ impl Edge {
             tried: Vec::new(),
         });
         Ok(false)
+    }
+
+    /// The id a proxy in front gave the request, if configured and usable (1 to 128 of
+    /// `A-Z a-z 0-9 - _ . :`), else a new one.
+    fn request_id(&self, req: &RequestHeader) -> Arc<str> {
+        let given = self
+            .parts
+            .request_id_header
+            .as_ref()
+            .and_then(|name| req.headers.get(name))
+            .map(|v| v.as_bytes())
+            .filter(|id| {
+                (1..=128).contains(&id.len())
+                    && id
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+            });
+        match given.and_then(|id| std::str::from_utf8(id).ok()) {
+            Some(id) => id.into(),
+            None => self.ids.next(),
+        }
     }
 
     fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
@@ -374,6 +400,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
+        ctx.request_id = self.request_id(session.req_header());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
