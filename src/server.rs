@@ -29,7 +29,43 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    build_with(config, source, false, Clock::default())
+    let mut server = build_with(config, source, false, Clock::default())?;
+    let conf = &server.configuration;
+    let drain = conf.grace_period_seconds.unwrap_or(0)
+        + conf.graceful_shutdown_timeout_seconds.unwrap_or(0);
+    let watchdog = ExitWatchdog {
+        after: Duration::from_secs(drain + EXIT_SLACK_SECS),
+    };
+    server.add_service(background_service("exit watchdog", watchdog));
+    Ok(server)
+}
+
+/// How long past its drain a stopping server may take before the watchdog ends it.
+const EXIT_SLACK_SECS: u64 = 5;
+
+/// Ends the process if a shutdown has not finished well after its drain: Pingora's fast
+/// shutdown can leave a listener's accept loop spinning on "the runtime is being shut
+/// down" errors, with the process never exiting (seen once in `tests/cli.rs`, at 100% CPU).
+/// Only for `poplar serve`: an in-process server must not end its host process.
+struct ExitWatchdog {
+    after: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for ExitWatchdog {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let after = self.after;
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            log::error!("shutdown did not finish {after:?} after it began: exiting now");
+            std::process::exit(0);
+        });
+    }
 }
 
 fn build_with(

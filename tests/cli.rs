@@ -159,7 +159,18 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
+    // Bounded: a shutdown that hangs fails the test instead of the whole run.
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if stopping.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve did not exit within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "{status}");
 
     let logged = std::fs::read_to_string(&log).unwrap();
