@@ -246,6 +246,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         key_source: None,
         trusted_proxies: Vec::new(),
         request_id_header: None,
+        guest_log: log::Level::Info,
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
         regions: Vec::new(),
@@ -291,6 +292,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         key_source: None,
         trusted_proxies: Vec::new(),
         request_id_header: None,
+        guest_log: log::Level::Info,
         forwarding_key: Some(key),
         placement: PlacementSpec {
             hot_threshold: 5.0,

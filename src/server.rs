@@ -230,13 +230,15 @@ pub fn load_tasks(
 }
 
 fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
-    Runtime::new(capacity(config)).map_err(|e| {
+    let mut runtime = Runtime::new(capacity(config)).map_err(|e| {
         let message = format!("cannot set up the wasm engine for this many instances: {e:#}");
         fail(
             source,
             vec![ConfigError::new("placement.max_inline", message)],
         )
-    })
+    })?;
+    runtime.set_guest_log(config.guest_log);
+    Ok(runtime)
 }
 
 /// Compiles tasks; one that cannot load is a config error at its `wasm` key.

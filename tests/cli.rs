@@ -122,7 +122,7 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let file = write_config(
         dir.path(),
         &format!(
-            "role: edge\nlisten: \"{addr}\"\nthreads: 2\nrequest_id_header: x-request-id\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
+            "role: edge\nlisten: \"{addr}\"\nthreads: 2\nrequest_id_header: x-request-id\nguest_log: warn\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
             wasm.display()
         ),
     );
@@ -130,7 +130,8 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let mut child = poplar()
         .args(["serve", "-c"])
         .arg(&file)
-        .env("RUST_LOG", "info")
+        // Guest lines at warn (guest_log) pass a warn filter that info lines do not.
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -180,7 +181,9 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
         .unwrap_or_else(|| panic!("{logged}"));
     // `[<request id>] stdout: ...`
     assert!(
-        line.contains("poplar::guest") && line.contains("] stdout: serving"),
+        line.contains("WARN")
+            && line.contains("poplar::guest")
+            && line.contains("] stdout: serving"),
         "{line}"
     );
     assert!(

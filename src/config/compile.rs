@@ -94,6 +94,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         role,
         listen,
         threads,
+        guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
         admin: file.admin.map(|a| a.listen),
         key_source,
         forwarding_key: None,

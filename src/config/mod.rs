@@ -33,6 +33,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Worker threads for the proxy service (Pingora's `threads`).
     pub threads: usize,
+    /// The level guests' output is logged at.
+    pub guest_log: log::Level,
     /// Where the admin endpoint (`/stats`) listens, if anywhere.
     pub admin: Option<SocketAddr>,
     /// Where the forwarding key comes from: set for an edge with regions and a region.

@@ -28,6 +28,9 @@ pub struct File {
     pub listen: Option<SocketAddr>,
     /// Worker threads (default: one per core).
     pub threads: Option<usize>,
+    /// The level guests' stdout and stderr lines are logged at, under the target
+    /// `poplar::guest` (default `info`).
+    pub guest_log: Option<LogLevel>,
     pub admin: Option<Admin>,
     pub forwarding: Option<Forwarding>,
     pub placement: Option<Placement>,
@@ -50,6 +53,29 @@ pub struct File {
     /// Edge only: what each request is matched to.
     #[schemars(with = "Option<Vec<Route>>")]
     pub routes: Option<Vec<Option<Route>>>,
+}
+
+/// A `log` level.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::Level {
+    fn from(level: LogLevel) -> log::Level {
+        match level {
+            LogLevel::Error => log::Level::Error,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Trace => log::Level::Trace,
+        }
+    }
 }
 
 /// The admin endpoint (`/stats`, `/purge`).

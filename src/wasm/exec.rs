@@ -101,7 +101,7 @@ impl Task {
 
         let mut store = Store::new(
             self.pre.engine(),
-            Host::new(&request_id, self.limits.memory),
+            Host::new(&request_id, self.limits.memory, self.guest_log),
         );
         store.limiter(|host| &mut host.limiter);
         store.set_epoch_deadline(1);

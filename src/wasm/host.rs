@@ -29,12 +29,12 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(request_id: &Arc<str>, memory_cap: u64) -> Host {
+    pub fn new(request_id: &Arc<str>, memory_cap: u64, level: log::Level) -> Host {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(request_id.clone(), "stdout"))
-            .stderr(GuestLog::new(request_id.clone(), "stderr"))
+            .stdout(GuestLog::new(request_id.clone(), "stdout", level))
+            .stderr(GuestLog::new(request_id.clone(), "stderr", level))
             .build();
         Host {
             table,
@@ -126,11 +126,16 @@ impl ResourceLimiter for MemoryLimiter {
 struct GuestLog {
     request_id: Arc<str>,
     stream: &'static str,
+    level: log::Level,
 }
 
 impl GuestLog {
-    fn new(request_id: Arc<str>, stream: &'static str) -> GuestLog {
-        GuestLog { request_id, stream }
+    fn new(request_id: Arc<str>, stream: &'static str, level: log::Level) -> GuestLog {
+        GuestLog {
+            request_id,
+            stream,
+            level,
+        }
     }
 }
 
@@ -179,9 +184,13 @@ impl LineWriter {
     }
 
     fn emit(&mut self) {
-        let GuestLog { request_id, stream } = &self.log;
+        let GuestLog {
+            request_id,
+            stream,
+            level,
+        } = &self.log;
         let text = String::from_utf8_lossy(&self.line);
-        log::info!(target: "poplar::guest", "[{request_id}] {stream}: {text}");
+        log::log!(target: "poplar::guest", *level, "[{request_id}] {stream}: {text}");
         self.line.clear();
     }
 }
@@ -192,7 +201,9 @@ impl Drop for LineWriter {
             self.emit();
         }
         if self.seen > GUEST_LOG_CAP {
-            let GuestLog { request_id, stream } = &self.log;
+            let GuestLog {
+                request_id, stream, ..
+            } = &self.log;
             let dropped = self.seen - GUEST_LOG_CAP;
             log::warn!(target: "poplar::guest", "[{request_id}] {stream}: {dropped} more bytes not logged");
         }

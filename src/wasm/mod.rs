@@ -60,6 +60,8 @@ pub struct Runtime {
     /// One permit per instance the pool holds: an execution runs only with one in hand.
     slots: Arc<Semaphore>,
     ticker: EpochTicker,
+    /// The level guests' stdout and stderr lines are logged at (target `poplar::guest`).
+    guest_log: log::Level,
 }
 
 impl Runtime {
@@ -77,7 +79,13 @@ impl Runtime {
             linker,
             slots,
             ticker,
+            guest_log: log::Level::Info,
         })
+    }
+
+    /// Logs the guests of tasks loaded from now on at `level`.
+    pub fn set_guest_log(&mut self, level: log::Level) {
+        self.guest_log = level;
     }
 
     /// An execution slot if one is free right now.
@@ -132,6 +140,7 @@ impl Runtime {
             code_bytes: (code.end as usize).saturating_sub(code.start as usize) as u64,
             digest,
             limits,
+            guest_log: self.guest_log,
             pre,
         })
     }
@@ -186,6 +195,8 @@ pub struct Task {
     pub limits: Limits,
     /// Size of its compiled code, for the resident set's memory bound.
     pub code_bytes: u64,
+    /// The level its stdout and stderr lines are logged at.
+    guest_log: log::Level,
     pre: ProxyPre<Host>,
 }
 
