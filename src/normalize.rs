@@ -19,7 +19,8 @@ pub fn host(authority: Option<&str>, header: Option<&str>) -> Option<String> {
     (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
 }
 
-fn strip_port(host: &str) -> &str {
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }

@@ -54,7 +54,7 @@ impl Router {
 
     /// The route for a request. `host` is the `Host` header (any port is ignored).
     pub fn route(&self, host: Option<&str>, path: &str, method: &str) -> Option<&Route> {
-        let host = host.map(strip_port);
+        let host = host.map(crate::normalize::strip_port);
         self.routes
             .iter()
             .find(|r| matches(&r.matcher, host, path, method))
@@ -119,14 +119,6 @@ fn host_matches(want: &str, got: &str) -> bool {
         }
         None => want.eq_ignore_ascii_case(got),
     }
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |end| &host[..=end]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]

@@ -130,11 +130,7 @@ pub async fn serve_stale_on_error(
     if !entry.may_serve_on_error(now) || session.response_written().is_some() {
         return None;
     }
-    let status = Status::Hit {
-        ttl: entry.ttl(now),
-        detail: Some("stale-if-error"),
-        collapsed: false,
-    };
+    let status = hit(entry, now, Some("stale-if-error"), false);
     match write(session, entry, &status, now).await {
         Ok(()) => {
             cache.count_stale_served();

@@ -81,8 +81,6 @@ pub struct Ctx {
 /// A task request on its way to a region.
 struct Forward {
     task: String,
-    /// Sent with it (signed), so the region's log lines of it join the edge's.
-    request_id: Arc<str>,
     /// The body's digest for the signature, or `signing::STREAMED`.
     body: String,
     reason: Reason,
@@ -109,6 +107,8 @@ impl Edge {
         mode: Mode,
         home: Option<&str>,
     ) -> Result<bool> {
+        // Only task requests carry an id (to the guest's log lines and to a region).
+        ctx.request_id = self.request_id(session.req_header());
         let mode = if self.parts.regions.is_empty() {
             Mode::Edge
         } else {
@@ -154,7 +154,6 @@ impl Edge {
         };
         ctx.forward = Some(Forward {
             task: name.to_string(),
-            request_id: ctx.request_id.clone(),
             body,
             reason,
             home: home.and_then(|h| self.parts.regions.index_of(h)),
@@ -198,13 +197,14 @@ impl Edge {
         Ok(Box::new(peer))
     }
 
-    fn sign(&self, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
+    /// Signs the forward, with the request's id so the region's log lines join the edge's.
+    fn sign(&self, ctx: &Ctx, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
         let Some(key) = &self.parts.key else {
             return Err(ErrorKind::Internal.to_pingora("no forwarding key"));
         };
         let forwarding = signing::Forwarding {
             task: &fwd.task,
-            request_id: &fwd.request_id,
+            request_id: &ctx.request_id,
             body: &fwd.body,
         };
         let path_and_query = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -236,17 +236,23 @@ async fn forwarded_body(session: &mut Session, ctx: &mut Ctx) -> Result<Option<B
     match crate::body::declared_body_len(session.req_header()) {
         Some(0) => Ok(Some(Bytes::new())),
         Some(len) if len <= KEYED_BODY && !session.is_body_done() => {
-            session.enable_retry_buffering();
-            let mut chunks = Vec::new();
-            while let Some(chunk) = session.read_request_body().await? {
-                chunks.push(chunk);
-            }
-            let body = crate::body::concat(chunks);
+            let body = read_replayable(session).await?;
             ctx.body = Some(body.clone());
             Ok(Some(body))
         }
         _ => Ok(None),
     }
+}
+
+/// Reads the whole (small) body, kept for Pingora to replay upstream if the request is
+/// forwarded after all.
+async fn read_replayable(session: &mut Session) -> Result<Bytes> {
+    session.enable_retry_buffering();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        chunks.push(chunk);
+    }
+    Ok(crate::body::concat(chunks))
 }
 
 /// The most body read before placement to key a pure route (Pingora can replay that much).
@@ -271,13 +277,7 @@ impl Edge {
         } else if !is_read && rc.pure {
             match crate::body::declared_body_len(req) {
                 Some(len) if len <= KEYED_BODY => {
-                    // Kept for a replay if the request is forwarded after all.
-                    session.enable_retry_buffering();
-                    let mut chunks = Vec::new();
-                    while let Some(chunk) = session.read_request_body().await? {
-                        chunks.push(chunk);
-                    }
-                    ctx.body = Some(crate::body::concat(chunks));
+                    ctx.body = Some(read_replayable(session).await?);
                     storable = true;
                 }
                 _ => (fwd, storable) = (Fwd::Bypass, false),
@@ -400,7 +400,6 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
-        ctx.request_id = self.request_id(session.req_header());
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -493,7 +492,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(fwd) = &ctx.forward {
-            self.sign(fwd, upstream)?;
+            self.sign(ctx, fwd, upstream)?;
         }
         Ok(())
     }
