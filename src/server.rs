@@ -1,13 +1,17 @@
 //! Turning a [`Config`] into a running Pingora server: load the tasks, build the proxy
 //! service, derive Pingora's own settings, and run it in the foreground or in a thread.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::watch;
 
 use pingora_core::apps::http_app::HttpServer;
@@ -29,7 +33,7 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    let mut server = build_with(config, source, false, Clock::default())?;
+    let mut server = build_with(config, source, false, Clock::default(), Vec::new())?;
     let conf = &server.configuration;
     let drain = conf.grace_period_seconds.unwrap_or(0)
         + conf.graceful_shutdown_timeout_seconds.unwrap_or(0);
@@ -73,9 +77,11 @@ fn build_with(
     source: &Path,
     work_stealing: bool,
     clock: Clock,
+    bound: Vec<TcpListener>,
 ) -> Result<Server, ConfigErrors> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(config, work_stealing));
     server.bootstrap();
+    let hand_over = server.add_service(HandOver { listeners: bound });
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
         counters: counters.clone(),
@@ -100,7 +106,7 @@ fn build_with(
             let mut service =
                 pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
             service.add_tcp(&config.listen.to_string());
-            server.add_service(service);
+            server.add_service(service).add_dependency(&hand_over);
             if !regions.is_empty() {
                 let checker = HealthChecker::new(regions);
                 server.add_service(background_service("region health checks", checker));
@@ -113,7 +119,7 @@ fn build_with(
             let mut service =
                 pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
             service.add_tcp(&config.listen.to_string());
-            server.add_service(service);
+            server.add_service(service).add_dependency(&hand_over);
         }
     }
     if let Some(admin) = config.admin {
@@ -122,9 +128,48 @@ fn build_with(
             HttpServer::new_app(Admin::new(sources)),
         );
         service.add_tcp(&admin.to_string());
-        server.add_service(service);
+        server.add_service(service).add_dependency(&hand_over);
     }
     Ok(server)
+}
+
+/// Hands listeners bound before the server was built to Pingora: each goes into the table
+/// of listening sockets under its address, where Pingora's listener for that address takes
+/// it instead of binding (the table graceful upgrades fill). The listening services wait
+/// for this one, so the table is filled before any of them binds.
+struct HandOver {
+    listeners: Vec<TcpListener>,
+}
+
+#[async_trait::async_trait]
+impl ServiceWithDependents for HandOver {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        _shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        for listener in self.listeners.drain(..) {
+            let (Some(fds), Ok(addr)) = (&fds, listener.local_addr()) else {
+                continue; // dropped: Pingora binds the address itself
+            };
+            if let Err(e) = listener.set_nonblocking(true) {
+                log::warn!("listener on {addr}: {e}; Pingora binds it anew");
+                continue;
+            }
+            fds.lock().add(addr.to_string(), listener.into_raw_fd());
+        }
+        ready.notify_ready();
+    }
+
+    fn name(&self) -> &str {
+        "listener hand-over"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
 }
 
 fn fail(source: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
@@ -338,8 +383,20 @@ impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
         probe_listeners(config)?;
+        Running::start_on(config, source, Vec::new())
+    }
+
+    /// [`Running::start`] on listeners the caller has bound already: one whose address is
+    /// `listen` or `admin.listen` serves it, so no other process can take the port between
+    /// choosing it and the server listening (as a port picked free and let go can be).
+    /// Addresses without a listener here are bound by the server.
+    pub fn start_on(
+        config: &Config,
+        source: &Path,
+        listeners: Vec<TcpListener>,
+    ) -> anyhow::Result<Running> {
         let clock = Clock::default();
-        let server = build_with(config, source, true, clock.clone())?;
+        let server = build_with(config, source, true, clock.clone(), listeners)?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("poplar {}", config.listen))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, tasks_dir};
+use common::{released_addr, tasks_dir};
 
 fn poplar() -> Command {
     Command::new(env!("CARGO_BIN_EXE_poplar"))
@@ -117,7 +117,7 @@ fn a_file_that_is_not_a_component_is_a_config_error() {
 #[test]
 fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
+    let addr = released_addr();
     let wasm = tasks_dir().join("wstd-http-server.wasm");
     let file = write_config(
         dir.path(),

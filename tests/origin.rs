@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, free_addr, start_edge};
+use common::{client, start_edge};
 use poplar::demo::Origin;
 
 fn edge_with_origin(origin: std::net::SocketAddr) -> common::Edge {
@@ -78,7 +78,7 @@ async fn client_poplar_headers_are_stripped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_route_is_404_and_dead_origin_is_502() {
-    let dead = free_addr(); // nothing listens here
+    let dead = common::refusing_addr();
     let edge = edge_with_origin(dead);
 
     let resp = client()

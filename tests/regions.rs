@@ -637,7 +637,7 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
 async fn every_region_refusing_the_connection_is_503_no_region() {
     let key = Key::new();
     // Nothing listens on either: each connection is refused.
-    let (east, west) = (common::free_addr(), common::free_addr());
+    let (east, west) = (common::refusing_addr(), common::refusing_addr());
     let routes = "  - match: { path_prefix: /hello }\n    task: hello\n    placement: region\n    region: east\n";
     let health = "{ interval: 1h, unhealthy_after: 3 }";
     for post in [false, true] {

@@ -22,10 +22,53 @@ pub fn tasks_dir() -> PathBuf {
     dir
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// Listeners bound by [`free_addr`] that no server has taken yet.
+static RESERVED: Mutex<Vec<TcpListener>> = Mutex::new(Vec::new());
+/// Sockets bound by [`refusing_addr`], never listening.
+static REFUSING: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+
+/// A loopback address, bound now and held: the next server this harness starts with the
+/// address in its config (`listen` or `admin.listen`) is handed the listener, so nothing
+/// else can take the port in between.
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let addr = listener.local_addr().expect("local address");
+    RESERVED.lock().unwrap().push(listener);
+    addr
+}
+
+/// A loopback address that refuses every connection: bound (so no one else gets the port)
+/// but never listening, for the whole test run.
+pub fn refusing_addr() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind an ephemeral port");
+    let addr = socket.local_addr().expect("local address");
+    REFUSING.lock().unwrap().push(socket);
+    addr
+}
+
+/// A loopback port free a moment ago and let go, for a server in another process (which
+/// cannot be handed a listener): another process may take it first, a risk kept to the
+/// tests of `poplar serve` itself.
+pub fn released_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address")
+}
+
+/// Starts `config` on the listeners [`free_addr`] reserved for its addresses.
+pub fn start(config: &poplar::config::Config) -> Running {
+    let wanted = [Some(config.listen), config.admin];
+    let listeners = {
+        let mut reserved = RESERVED.lock().unwrap();
+        let (mine, rest) = reserved
+            .drain(..)
+            .partition(|l| wanted.contains(&l.local_addr().ok()));
+        *reserved = rest;
+        mine
+    };
+    Running::start_on(config, std::path::Path::new("test.yaml"), listeners).expect("server starts")
 }
 
 /// An edge started from a YAML config. `LISTEN` in the text is replaced with a free
@@ -42,7 +85,7 @@ pub fn start_edge(yaml: &str) -> Edge {
     let config = poplar::config::parse(&text, &tasks_dir()).unwrap_or_else(|errors| {
         panic!("test config is invalid: {errors:#?}");
     });
-    let running = Running::start(&config, std::path::Path::new("test.yaml")).expect("edge starts");
+    let running = start(&config);
     Edge {
         base: format!("http://{}", running.addr),
         running,
