@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use poplar::config::{HealthSpec, Limits, Mode, PlacementSpec, RegionSpec, TaskSpec};
 use poplar::placement::admission::{Facts, Residency, decide};
 use poplar::placement::{Placement, Placer};
-use poplar::regions::Regions;
+use poplar::regions::{Attempts, Regions};
 use poplar::wasm::{Capacity, Runtime};
 
 fn placement(c: &mut Criterion) {
@@ -77,10 +77,10 @@ fn placement(c: &mut Criterion) {
     });
     let regions = Regions::new(specs.collect(), HealthSpec::default());
     for i in 0..4 {
-        regions.record_response(i, Duration::from_millis(10 + i as u64 * 7));
+        regions.record_probe(i, Ok(Duration::from_millis(10 + i as u64 * 7)));
     }
     c.bench_function("region choice, 4 regions", |b| {
-        b.iter(|| regions.choose(black_box(None), black_box(&[1])))
+        b.iter(|| Attempts::new(black_box(Some(1))).next(&regions).is_some())
     });
 }
 

@@ -20,4 +20,5 @@ pub mod proxy;
 pub mod regions;
 pub mod routing;
 pub mod server;
+pub mod upstream;
 pub mod wasm;

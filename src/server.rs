@@ -101,14 +101,14 @@ fn build_with(
                 cache: Some(edge.cache.clone()),
                 ..sources
             };
-            let regions = edge.regions.clone();
+            let (regions, client) = (edge.regions.clone(), edge.client.clone());
             let conf = &server.configuration;
             let mut service =
                 pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
             service.add_tcp(&config.listen.to_string());
             server.add_service(service).add_dependency(&hand_over);
             if !regions.is_empty() {
-                let checker = HealthChecker::new(regions);
+                let checker = HealthChecker::new(regions, client);
                 server.add_service(background_service("region health checks", checker));
             }
         }
@@ -226,6 +226,7 @@ fn edge(
         counters,
         latencies: Arc::default(),
         cache: Arc::new(Cache::with_clock(config.cache, clock)),
+        client: Arc::default(),
         versions,
         trusted_proxies: config.trusted_proxies.clone(),
         request_id_header: config.request_id_header.clone(),

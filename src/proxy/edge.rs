@@ -25,16 +25,9 @@ use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
 use crate::metrics::{Answered, Counters, Latencies, Site};
 use crate::placement::{Placement, Placer, Reason};
-use crate::regions::Regions;
-use crate::regions::signing;
+use crate::regions::{Attempts, Regions, signing};
 use crate::routing::{Route, Router};
-
-/// Timeouts towards origins and regions: connect fast, allow slow responses.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const REGION_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::upstream;
 
 /// The edge proxy.
 pub struct Edge {
@@ -51,6 +44,8 @@ pub struct Parts {
     pub counters: Arc<Counters>,
     pub latencies: Arc<Latencies>,
     pub cache: Arc<Cache>,
+    /// The edge's own requests' client (refreshes; the health probes share it).
+    pub client: Arc<upstream::Client>,
     pub versions: HashMap<String, String>,
     /// Peers whose `X-Forwarded-For` is kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -84,10 +79,7 @@ struct Forward {
     /// The body's digest for the signature, or `signing::STREAMED`.
     body: String,
     reason: Reason,
-    home: Option<usize>,
-    /// The region of the current attempt, and when it was sent.
-    attempt: Option<(usize, Instant)>,
-    tried: Vec<usize>,
+    attempts: Attempts,
 }
 
 impl Edge {
@@ -156,9 +148,7 @@ impl Edge {
             task: name.to_string(),
             body,
             reason,
-            home: home.and_then(|h| self.parts.regions.index_of(h)),
-            attempt: None,
-            tried: Vec::new(),
+            attempts: Attempts::new(home.and_then(|h| self.parts.regions.index_of(h))),
         });
         Ok(false)
     }
@@ -185,16 +175,10 @@ impl Edge {
     }
 
     fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
-        let chosen = self.parts.regions.choose(fwd.home, &fwd.tried);
-        let Some(spec) = chosen.and_then(|i| self.parts.regions.spec(i).map(|s| (i, s))) else {
+        let Some(spec) = fwd.attempts.next(&self.parts.regions) else {
             return Err(ErrorKind::NoRegion.to_pingora("no healthy region"));
         };
-        let (i, spec) = spec;
-        fwd.attempt = Some((i, Instant::now()));
-        let mut peer = HttpPeer::new(spec.address, false, String::new());
-        peer.options.connection_timeout = Some(REGION_CONNECT_TIMEOUT);
-        set_timeouts(&mut peer);
-        Ok(Box::new(peer))
+        Ok(Box::new(upstream::region_peer(spec.address)))
     }
 
     /// Signs the forward, with the request's id so the region's log lines join the edge's.
@@ -207,19 +191,7 @@ impl Edge {
             request_id: &ctx.request_id,
             body: &fwd.body,
         };
-        let path_and_query = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
-        let method = upstream.method.as_str();
-        let signed = signing::signed_headers(
-            &key.0,
-            method,
-            path_and_query,
-            &upstream.headers,
-            &forwarding,
-        );
-        for (name, value) in signed {
-            upstream.insert_header(name, value)?;
-        }
-        Ok(())
+        signing::sign_request(&key.0, upstream, &forwarding)
     }
 }
 
@@ -372,14 +344,9 @@ impl Edge {
                 }
             }
         };
-        refresh::spawn(self.parts.cache.clone(), cache_ctx, source);
+        let (cache, client) = (self.parts.cache.clone(), self.parts.client.clone());
+        refresh::spawn(cache, client, cache_ctx, source);
     }
-}
-
-fn set_timeouts(peer: &mut HttpPeer) {
-    peer.options.read_timeout = Some(READ_TIMEOUT);
-    peer.options.write_timeout = Some(WRITE_TIMEOUT);
-    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
 }
 
 #[async_trait]
@@ -450,10 +417,7 @@ impl ProxyHttp for Edge {
                 "no upstream chosen for this request",
             ));
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        set_timeouts(&mut peer);
-        Ok(Box::new(peer))
+        Ok(Box::new(upstream::origin_peer(addr)))
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -471,12 +435,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(fwd) = &mut ctx.forward
-            && let Some((i, _)) = fwd.attempt.take()
-        {
-            self.parts.regions.record_failure(i);
-            fwd.tried.push(i);
-            if !self.parts.regions.can_fail_over(&fwd.tried) {
+        if let Some(fwd) = &mut ctx.forward {
+            if !fwd.attempts.refused(&self.parts.regions) {
                 return ErrorKind::NoRegion.to_pingora(format!("every region refused: {e}"));
             }
             // Nothing was sent: trying the next region is always safe.
@@ -503,11 +463,10 @@ impl ProxyHttp for Edge {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(fwd) = &ctx.forward
-            && let Some((i, sent)) = fwd.attempt
+        if let Some(fwd) = &mut ctx.forward
+            && let Some(region) = fwd.attempts.answered(&self.parts.regions)
         {
-            self.parts.regions.record_response(i, sent.elapsed());
-            let name = self.parts.regions.spec(i).map_or("?", |s| s.name.as_str());
+            let name = &region.name;
             let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
             response.insert_header("x-poplar-placement", placement)?;
         }

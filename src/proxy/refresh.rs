@@ -1,27 +1,26 @@
 //! Background refresh for `stale-while-revalidate`: fetch the answer again, off any
 //! request's path, and store it. The request sent is the one refreshed: its method, head
 //! and (on a pure route, whose key holds the body's hash) its body. A region is chosen,
-//! signed for, failed over and timed as a client request's forward is (the same
-//! [`Regions`] choice and records, the same signing); origins and regions are asked over a
-//! plain HTTP/1.1 client; a task of an edge without regions runs inline.
+//! failed over, timed ([`Attempts`]) and signed for as a client request's forward is, and
+//! reached at the same peers with the same timeouts, over the edge's pooled
+//! [`upstream::Client`]; a task of an edge without regions runs inline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use pingora_http::RequestHeader;
 
 use crate::cache::Cache;
 use crate::cache::CacheCtx;
-use crate::regions::{Regions, signing};
+use crate::regions::{Attempts, Regions, signing};
+use crate::upstream::{self, Answer, Client, Failed};
 use crate::wasm::{Runtime, Task};
 
 /// How long a refresh may take in all.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long connecting to an origin or a region may take, as for client requests' forwards.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a refresh gets its answer.
 pub enum Source {
@@ -47,10 +46,11 @@ pub struct Signing {
 }
 
 /// Refreshes the entry `ctx` files, then releases its waiters.
-pub fn spawn(cache: Arc<Cache>, mut ctx: Box<CacheCtx>, source: Source) {
+pub fn spawn(cache: Arc<Cache>, client: Arc<Client>, mut ctx: Box<CacheCtx>, source: Source) {
     tokio::spawn(async move {
-        let fetched = tokio::time::timeout(REFRESH_TIMEOUT, fetch(&ctx, source)).await;
-        match fetched {
+        let limit = usize::try_from(cache.spec().max_entry).unwrap_or(usize::MAX);
+        let fetch = fetch(&ctx, &client, source, limit);
+        match tokio::time::timeout(REFRESH_TIMEOUT, fetch).await {
             Ok(Ok((head, body))) => {
                 ctx.on_head(&cache, &head, Some(body.len()));
                 ctx.on_body(&cache, &body);
@@ -65,110 +65,90 @@ pub fn spawn(cache: Arc<Cache>, mut ctx: Box<CacheCtx>, source: Source) {
     });
 }
 
-async fn fetch(ctx: &CacheCtx, source: Source) -> anyhow::Result<(http::response::Parts, Bytes)> {
+async fn fetch(
+    ctx: &CacheCtx,
+    client: &Client,
+    source: Source,
+    limit: usize,
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
     let mut parts = ctx.filing.request.clone();
     parts.method = ctx.replay.method.clone();
     let body = ctx.replay.body.clone();
-    // The body's framing is this client's to set, for the body it sends.
+    // The body's framing is this client's to set, for the body it sends (and signs).
     parts.headers.remove(http::header::TRANSFER_ENCODING);
     parts
         .headers
         .insert(http::header::CONTENT_LENGTH, body.len().into());
     match source {
         Source::Origin(addr) => {
-            let sender = connect(addr).await?;
-            send(sender, &parts, body).await
+            let peer = upstream::origin_peer(addr);
+            let answer = client.exchange(&peer, parts.into(), body, limit).await?;
+            Ok(whole(answer))
         }
         Source::Region {
             regions,
             home,
             signing,
-        } => from_a_region(&regions, home, &signing, parts, body).await,
+        } => {
+            let answer = from_a_region(client, &regions, home, &signing, parts.into(), body, limit);
+            Ok(whole(answer.await?))
+        }
         Source::Inline { runtime, task } => {
             let slot = runtime
                 .try_slot()
                 .ok_or_else(|| anyhow::anyhow!("no execution slot free"))?;
             let request = http::Request::from_parts(parts, Full::new(body));
             let mut response = task.call(slot, request, "refresh".into()).await?;
-            let (chunks, complete) = response.collect_up_to(usize::MAX, REFRESH_TIMEOUT).await?;
-            anyhow::ensure!(complete, "body not complete");
+            let (chunks, complete) = response.collect_up_to(limit, REFRESH_TIMEOUT).await?;
+            anyhow::ensure!(complete, "the answer is larger than {limit} bytes");
             Ok((response.head.clone(), crate::body::concat(chunks)))
         }
     }
 }
 
+fn whole(answer: Answer) -> (http::response::Parts, Bytes) {
+    (answer.head.as_owned_parts(), answer.body)
+}
+
+/// Sends the refresh to a region as a client request's forward goes: signed, to the
+/// region [`Attempts`] chooses, on to the next while they refuse the connection.
 async fn from_a_region(
+    client: &Client,
     regions: &Regions,
     home: Option<usize>,
     signing: &Signing,
-    mut parts: http::request::Parts,
+    mut head: RequestHeader,
     body: Bytes,
-) -> anyhow::Result<(http::response::Parts, Bytes)> {
+    limit: usize,
+) -> anyhow::Result<Answer> {
     let digest = signing::body_digest(&body);
     let forwarding = signing::Forwarding {
         task: &signing.task,
         request_id: &signing.request_id,
         body: &digest,
     };
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let signed = signing::signed_headers(
-        &signing.key,
-        parts.method.as_str(),
-        path_and_query,
-        &parts.headers,
-        &forwarding,
-    );
-    for (name, value) in signed {
-        parts
-            .headers
-            .insert(name, http::HeaderValue::try_from(value)?);
-    }
-    let mut tried = Vec::new();
+    signing::sign_request(&signing.key, &mut head, &forwarding)?;
+    let mut attempts = Attempts::new(home);
     loop {
-        let chosen = regions.choose(home, &tried);
-        let Some((i, spec)) = chosen.and_then(|i| regions.spec(i).map(|s| (i, s))) else {
+        let Some(spec) = attempts.next(regions) else {
             anyhow::bail!("no healthy region");
         };
-        let sender = match connect(spec.address).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                // Nothing was sent: the next region may take it.
-                log::warn!("refresh: region {} refused: {e}", spec.name);
-                regions.record_failure(i);
-                tried.push(i);
-                continue;
+        let peer = upstream::region_peer(spec.address);
+        match client
+            .exchange(&peer, head.clone(), body.clone(), limit)
+            .await
+        {
+            Ok(answer) => {
+                attempts.answered(regions);
+                return Ok(answer);
             }
-        };
-        let sent = std::time::Instant::now();
-        let answer = send(sender, &parts, body.clone()).await?;
-        regions.record_response(i, sent.elapsed());
-        return Ok(answer);
+            Err(Failed::Refused(e)) => {
+                log::warn!("refresh: region {} refused: {e}", spec.name);
+                if !attempts.refused(regions) {
+                    anyhow::bail!("every region refused");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))??;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn send(
-    mut sender: Sender,
-    parts: &http::request::Parts,
-    body: Bytes,
-) -> anyhow::Result<(http::response::Parts, Bytes)> {
-    let mut request = http::Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone());
-    for (name, value) in &parts.headers {
-        request = request.header(name, value);
-    }
-    let response = sender.send_request(request.body(Full::new(body))?).await?;
-    let (head, body) = response.into_parts();
-    Ok((head, body.collect().await?.to_bytes()))
 }

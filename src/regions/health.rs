@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use pingora_http::RequestHeader;
 
 use super::Regions;
+use crate::upstream::{self, Client};
 
 /// The path every Poplar server answers `200 ok` on.
 pub const HEALTH_PATH: &str = "/_poplar/health";
@@ -18,11 +18,14 @@ pub const HEALTH_PATH: &str = "/_poplar/health";
 /// Probes every region of an edge until shutdown.
 pub struct HealthChecker {
     regions: Arc<Regions>,
+    client: Arc<Client>,
 }
 
 impl HealthChecker {
-    pub fn new(regions: Arc<Regions>) -> HealthChecker {
-        HealthChecker { regions }
+    /// Probes over `client`, the edge's pooled client: a probe takes the connections the
+    /// edge's own requests to the region use.
+    pub fn new(regions: Arc<Regions>, client: Arc<Client>) -> HealthChecker {
+        HealthChecker { regions, client }
     }
 
     async fn probe_all(&self) {
@@ -32,7 +35,8 @@ impl HealthChecker {
             .iter()
             .enumerate()
             .map(|(i, spec)| async move {
-                let outcome = probe(spec.address, self.regions.health.timeout).await;
+                let timeout = self.regions.health.timeout;
+                let outcome = probe(&self.client, spec.address, timeout).await;
                 self.regions.record_probe(i, outcome);
             });
         futures_util::future::join_all(probes).await;
@@ -52,30 +56,32 @@ impl BackgroundService for HealthChecker {
     }
 }
 
-/// One probe: connect, ask for the health path, expect a 200 status line.
-async fn probe(address: std::net::SocketAddr, timeout: Duration) -> Result<Duration, String> {
+/// One probe: `GET` the health path, expect a 200 within `timeout`.
+async fn probe(
+    client: &Client,
+    address: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let attempt = async {
-        let mut stream = TcpStream::connect(address)
+        let mut head =
+            RequestHeader::build("GET", HEALTH_PATH.as_bytes(), None).map_err(|e| e.to_string())?;
+        head.insert_header(http::header::HOST, address.to_string())
+            .map_err(|e| e.to_string())?;
+        let peer = upstream::region_peer(address);
+        let answer = client
+            .exchange(&peer, head, bytes::Bytes::new(), PROBE_BODY_LIMIT)
             .await
             .map_err(|e| e.to_string())?;
-        let request =
-            format!("GET {HEALTH_PATH} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = [0u8; 12];
-        stream
-            .read_exact(&mut head)
-            .await
-            .map_err(|e| e.to_string())?;
-        match &head {
-            b"HTTP/1.1 200" | b"HTTP/1.0 200" => Ok(started.elapsed()),
-            other => Err(format!("answered {:?}", String::from_utf8_lossy(other))),
+        match answer.head.status {
+            http::StatusCode::OK => Ok(started.elapsed()),
+            status => Err(format!("answered {status}")),
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer in {timeout:?}")))
 }
+
+/// A health answer is `ok`: anything longer is not a Poplar server's.
+const PROBE_BODY_LIMIT: usize = 4096;

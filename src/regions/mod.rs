@@ -6,7 +6,7 @@ pub mod select;
 pub mod signing;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{HealthSpec, RegionSpec};
 use select::RegionView;
@@ -83,7 +83,7 @@ impl Regions {
     }
 
     /// The region for the next attempt of a forward (see [`select::choose`]).
-    pub fn choose(&self, home: Option<usize>, tried: &[usize]) -> Option<usize> {
+    fn choose(&self, home: Option<usize>, tried: &[usize]) -> Option<usize> {
         let views: Vec<RegionView> = (0..self.specs.len())
             .filter_map(|i| self.state(i))
             .map(|s| RegionView {
@@ -94,18 +94,13 @@ impl Regions {
         select::choose(&views, home, tried)
     }
 
-    /// Whether a region other than those tried could still take the request.
-    pub fn can_fail_over(&self, tried: &[usize]) -> bool {
-        self.choose(None, tried).is_some()
-    }
-
     /// A response came back from region `i` after `elapsed`.
-    pub fn record_response(&self, i: usize, elapsed: Duration) {
+    fn record_response(&self, i: usize, elapsed: Duration) {
         self.update(i, |s| s.latency_ms = Some(smooth(s.latency_ms, elapsed)));
     }
 
     /// Region `i` refused or dropped a connection: out until a probe succeeds.
-    pub fn record_failure(&self, i: usize) {
+    fn record_failure(&self, i: usize) {
         self.update(i, |s| {
             if s.healthy {
                 log::warn!(
@@ -160,6 +155,53 @@ impl Regions {
     }
 }
 
+/// One request's way through the regions, for a client request's forward and a background
+/// refresh alike: the home region first if healthy, else the fastest; a region that
+/// refuses the connection is taken out and the next one tried; the one that answers has
+/// its latency recorded.
+#[derive(Debug)]
+pub struct Attempts {
+    home: Option<usize>,
+    tried: Vec<usize>,
+    /// The region being tried, and since when.
+    current: Option<(usize, Instant)>,
+}
+
+impl Attempts {
+    pub fn new(home: Option<usize>) -> Attempts {
+        Attempts {
+            home,
+            tried: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// The region to send to now, timed from now; `None` when no healthy one is left.
+    pub fn next<'r>(&mut self, regions: &'r Regions) -> Option<&'r RegionSpec> {
+        let i = regions.choose(self.home, &self.tried)?;
+        let spec = regions.spec(i)?;
+        self.current = Some((i, Instant::now()));
+        Some(spec)
+    }
+
+    /// The current region refused the connection (nothing was sent): it is taken out.
+    /// Whether another region can still take the request.
+    pub fn refused(&mut self, regions: &Regions) -> bool {
+        if let Some((i, _)) = self.current.take() {
+            regions.record_failure(i);
+            self.tried.push(i);
+        }
+        regions.choose(None, &self.tried).is_some()
+    }
+
+    /// The current region answered: its latency is recorded. The region, for the response.
+    pub fn answered<'r>(&mut self, regions: &'r Regions) -> Option<&'r RegionSpec> {
+        let (i, sent) = self.current.take()?;
+        regions.record_response(i, sent.elapsed());
+        regions.spec(i)
+    }
+}
+
 fn smooth(previous: Option<f64>, sample: Duration) -> f64 {
     let ms = sample.as_secs_f64() * 1000.0;
     match previous {
@@ -210,10 +252,26 @@ mod tests {
     }
 
     #[test]
-    fn a_connect_failure_ejects_at_once() {
+    fn a_refused_attempt_ejects_at_once_and_fails_over() {
         let r = regions();
-        r.record_failure(1);
-        assert_eq!(r.choose(Some(1), &[]), Some(0));
-        assert!(!r.can_fail_over(&[0]));
+        let mut attempts = Attempts::new(Some(1));
+        assert_eq!(attempts.next(&r).map(|s| s.name.as_str()), Some("b"));
+        assert!(attempts.refused(&r), "a is left");
+        assert_eq!(r.choose(Some(1), &[]), Some(0), "b is out for everyone");
+        assert_eq!(attempts.next(&r).map(|s| s.name.as_str()), Some("a"));
+        assert!(!attempts.refused(&r), "nothing is left");
+        assert!(attempts.next(&r).is_none());
+    }
+
+    #[test]
+    fn an_answer_records_the_latency_of_the_region_that_gave_it() {
+        let r = regions();
+        let mut attempts = Attempts::new(None);
+        let first = attempts.next(&r).map(|s| s.name.clone());
+        assert_eq!(attempts.answered(&r).map(|s| &s.name), first.as_ref());
+        assert!(attempts.answered(&r).is_none(), "recorded once");
+        let status = r.status();
+        let answered = status.iter().find(|s| Some(&s.name) == first.as_ref());
+        assert!(answered.and_then(|s| s.latency_ms).is_some(), "{status:?}");
     }
 }

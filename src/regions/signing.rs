@@ -149,6 +149,21 @@ pub fn signed_headers(
     ]
 }
 
+/// Signs `request` as it will be sent, adding the headers of [`signed_headers`].
+pub fn sign_request(
+    key: &[u8],
+    request: &mut pingora_http::RequestHeader,
+    f: &Forwarding<'_>,
+) -> pingora_error::Result<()> {
+    let path_and_query = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = request.method.as_str();
+    let signed = signed_headers(key, method, path_and_query, &request.headers, f);
+    for (name, value) in signed {
+        request.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
 /// A forwarded request whose signature holds.
 #[derive(Debug, Clone)]
 pub struct Verified {
