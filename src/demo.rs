@@ -265,25 +265,6 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         timeout: Duration::from_millis(100),
         max_body: 64 << 10,
     };
-    let route = |path: &str, target: Target, placement: Mode, region: Option<&str>| RouteSpec {
-        matcher: Match {
-            host: None,
-            path: PathMatch::Prefix(path.to_string()),
-            methods: None,
-        },
-        target,
-        placement,
-        region: region.map(str::to_string),
-        cache: None,
-    };
-    let cached = |route: RouteSpec| RouteSpec {
-        cache: Some(RouteCache {
-            ttl: Some(Duration::from_secs(30)),
-            pure: false,
-        }),
-        ..route
-    };
-    let task = |name: &str| Target::Task(name.to_string());
     Config {
         role: Role::Edge,
         listen: addrs.edge,
@@ -310,19 +291,44 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         health: HealthSpec::default(),
         cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
-        routes: vec![
-            cached(route("/cached", task("hello"), Mode::Auto, None)),
-            route(
-                "/hello",
-                task("hello"),
-                Mode::Auto,
-                Some(addrs.regions[0].0),
-            ),
-            route("/echo", task("echo"), Mode::Auto, None),
-            route("/json", task("json-transform"), Mode::Region, None),
-            route("/", Target::Origin(addrs.origin), Mode::Edge, None),
-        ],
+        routes: demo_routes(addrs),
     }
+}
+
+/// Cached hello, hello homed in the first region, echo, a region-only JSON transform, and
+/// the origin for everything else.
+fn demo_routes(addrs: &DemoAddrs) -> Vec<RouteSpec> {
+    let route = |path: &str, target: Target, placement: Mode, region: Option<&str>| RouteSpec {
+        matcher: Match {
+            host: None,
+            path: PathMatch::Prefix(path.to_string()),
+            methods: None,
+        },
+        target,
+        placement,
+        region: region.map(str::to_string),
+        cache: None,
+    };
+    let cached = |route: RouteSpec| RouteSpec {
+        cache: Some(RouteCache {
+            ttl: Some(Duration::from_secs(30)),
+            pure: false,
+        }),
+        ..route
+    };
+    let task = |name: &str| Target::Task(name.to_string());
+    vec![
+        cached(route("/cached", task("hello"), Mode::Auto, None)),
+        route(
+            "/hello",
+            task("hello"),
+            Mode::Auto,
+            Some(addrs.regions[0].0),
+        ),
+        route("/echo", task("echo"), Mode::Auto, None),
+        route("/json", task("json-transform"), Mode::Region, None),
+        route("/", Target::Origin(addrs.origin), Mode::Edge, None),
+    ]
 }
 
 /// A key for this run only: the demo's servers share it in memory.

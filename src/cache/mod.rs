@@ -305,17 +305,7 @@ impl Cache {
             stale_if_error: verdict.stale_if_error,
             vary: vary_values(req, head),
         });
-        // Keep the other variants (other Vary values) that this one does not replace.
-        let mut variants: Vec<Arc<Entry>> =
-            match self.store.get(&hash(key)).filter(|b| b.key == *key) {
-                Some(bucket) => bucket.variants.clone(),
-                None => Vec::new(),
-            };
-        variants.retain(|v| v.vary != entry.vary);
-        variants.push(entry);
-        if variants.len() > MAX_VARIANTS {
-            variants.remove(0);
-        }
+        let variants = self.variants_with(key, entry);
         let bytes: usize = variants.iter().map(|v| v.weight()).sum();
         let weight = u16::try_from(bytes.div_ceil(WEIGHT_UNIT).max(1)).unwrap_or(u16::MAX);
         let bucket = Arc::new(Bucket {
@@ -341,6 +331,22 @@ impl Cache {
             self.counters.stores.fetch_add(1, Ordering::Relaxed);
         }
         kept
+    }
+
+    /// The variants stored under `key` with `entry` among them: it replaces the one of its
+    /// own `Vary` values, and the oldest goes past [`MAX_VARIANTS`].
+    fn variants_with(&self, key: &str, entry: Arc<Entry>) -> Vec<Arc<Entry>> {
+        let mut variants: Vec<Arc<Entry>> =
+            match self.store.get(&hash(key)).filter(|b| b.key == *key) {
+                Some(bucket) => bucket.variants.clone(),
+                None => Vec::new(),
+            };
+        variants.retain(|v| v.vary != entry.vary);
+        variants.push(entry);
+        if variants.len() > MAX_VARIANTS {
+            variants.remove(0);
+        }
+        variants
     }
 
     /// Drops the entries of one key: a successful unsafe request (POST, PUT, DELETE...)

@@ -95,10 +95,34 @@ pub fn judge(
     if res.headers.contains_key("x-poplar-error") {
         return Err(NotStored::PoplarError);
     }
+    let judged = with_default_ttl(res, default_ttl);
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(req, &judged, now, options);
+    if !policy.is_storable() {
+        return Err(NotStored::Uncacheable);
+    }
+    let ttl = policy.time_to_live(now);
+    let (swr, sie) = stale_windows(&res.headers);
+    if ttl.is_zero() && swr.is_zero() && sie.is_zero() {
+        return Err(NotStored::NoFreshness);
+    }
+    Ok(Verdict {
+        policy,
+        ttl,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+    })
+}
+
+/// `res` as the policy should judge it: with the route's default TTL as `s-maxage` (for a
+/// shared cache only) when it states no freshness of its own. What is stored and served
+/// keeps the response's own headers.
+fn with_default_ttl(res: &response::Parts, default_ttl: Option<Duration>) -> response::Parts {
     let mut judged = res.clone();
     if let Some(ttl) = default_ttl.filter(|_| !states_freshness(&res.headers)) {
-        // The policy reads freshness from headers: give it the route's default, for a
-        // shared cache only. What is stored and served keeps the response's own headers.
         let value = match res
             .headers
             .get(http::header::CACHE_CONTROL)
@@ -111,16 +135,13 @@ pub fn judge(
             judged.headers.insert(http::header::CACHE_CONTROL, value);
         }
     }
-    let options = CacheOptions {
-        shared: true,
-        ..CacheOptions::default()
-    };
-    let policy = CachePolicy::new_options(req, &judged, now, options);
-    if !policy.is_storable() {
-        return Err(NotStored::Uncacheable);
-    }
-    let ttl = policy.time_to_live(now);
-    // must-revalidate, proxy-revalidate and s-maxage forbid a shared cache to serve stale.
+    judged
+}
+
+/// How long past its freshness the answer may be served while it is refreshed, and on an
+/// error: `stale-while-revalidate` and `stale-if-error`, none where must-revalidate,
+/// proxy-revalidate, s-maxage or no-cache forbid a shared cache to serve stale.
+fn stale_windows(headers: &http::HeaderMap) -> (Duration, Duration) {
     let strict = [
         "must-revalidate",
         "proxy-revalidate",
@@ -128,25 +149,14 @@ pub fn judge(
         "no-cache",
     ]
     .iter()
-    .any(|d| has(&res.headers, d));
-    let (swr, sie) = if strict {
-        (Duration::ZERO, Duration::ZERO)
-    } else {
-        let swr = seconds(&res.headers, "stale-while-revalidate").unwrap_or_default();
-        (
-            swr,
-            seconds(&res.headers, "stale-if-error").unwrap_or_default(),
-        )
-    };
-    if ttl.is_zero() && swr.is_zero() && sie.is_zero() {
-        return Err(NotStored::NoFreshness);
+    .any(|d| has(headers, d));
+    if strict {
+        return (Duration::ZERO, Duration::ZERO);
     }
-    Ok(Verdict {
-        policy,
-        ttl,
-        stale_while_revalidate: swr,
-        stale_if_error: sie,
-    })
+    (
+        seconds(headers, "stale-while-revalidate").unwrap_or_default(),
+        seconds(headers, "stale-if-error").unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]

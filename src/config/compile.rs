@@ -56,17 +56,8 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
     if !edge {
         region_keys_only(&file, r);
     }
-    let listen = file.listen.unwrap_or_else(|| {
-        r.error("listen", "missing");
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    });
+    let listen = listen(&file, r);
     let threads = threads(file.threads, r);
-    if let Some(admin) = &file.admin
-        && admin.listen == listen
-    {
-        let message = "is the same address as listen: one address, one listener";
-        r.error("admin.listen", message);
-    }
     let placement = file
         .placement
         .map_or_else(PlacementSpec::default, |p| placement(p, r));
@@ -105,19 +96,34 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
             .map_or_else(HealthSpec::default, |h| health(h, r)),
         cache: file.cache.map_or_else(CacheSpec::default, |c| cache(c, r)),
         trusted_proxies: trusted_proxies(file.trusted_proxies.unwrap_or_default(), r),
-        request_id_header: file.request_id_header.and_then(|name| {
-            let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
-            if parsed.is_none() {
-                r.error(
-                    "request_id_header",
-                    format!("{name:?} is not a header name"),
-                );
-            }
-            parsed
-        }),
+        request_id_header: file.request_id_header.and_then(|n| header_name(&n, r)),
         tasks,
         routes,
     })
+}
+
+/// The listening address; the admin endpoint's must be another.
+fn listen(file: &File, r: &mut Reported) -> SocketAddr {
+    let listen = file.listen.unwrap_or_else(|| {
+        r.error("listen", "missing");
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    });
+    if let Some(admin) = &file.admin
+        && admin.listen == listen
+    {
+        let message = "is the same address as listen: one address, one listener";
+        r.error("admin.listen", message);
+    }
+    listen
+}
+
+fn header_name(name: &str, r: &mut Reported) -> Option<http::HeaderName> {
+    let parsed = http::HeaderName::from_bytes(name.as_bytes()).ok();
+    if parsed.is_none() {
+        let message = format!("{name:?} is not a header name");
+        r.error("request_id_header", message);
+    }
+    parsed
 }
 
 /// Worker threads: at least one; by default one per core.

@@ -99,21 +99,7 @@ impl Task {
             );
         }
 
-        let mut store = Store::new(
-            self.pre.engine(),
-            Host::new(&request_id, self.limits.memory, self.guest_log),
-        );
-        store.limiter(|host| &mut host.limiter);
-        store.set_epoch_deadline(1);
-        // Yield to the scheduler at every tick so a busy guest shares its thread; trap at
-        // the deadline.
-        store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
-        });
+        let mut store = self.store(&request_id, deadline);
         let (tx, rx) = oneshot::channel();
         let prepared: wasmtime::Result<_> = (|| {
             let req = store
@@ -154,6 +140,28 @@ impl Task {
             Ok(Err(code)) => Err(TaskError::ErrorCode(format!("{code:?}"))),
             Err(_) => Err(run.failure().await.unwrap_or(TaskError::NoResponse)),
         }
+    }
+}
+
+impl Task {
+    /// A store for one request: the task's memory limit, and an epoch callback that yields
+    /// to the scheduler at every tick (a busy guest shares its thread) and traps at the
+    /// deadline.
+    fn store(&self, request_id: &Arc<str>, deadline: Instant) -> Store<Host> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            Host::new(request_id, self.limits.memory, self.guest_log),
+        );
+        store.limiter(|host| &mut host.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store
     }
 }
 
