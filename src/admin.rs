@@ -1,33 +1,26 @@
 //! The admin endpoint, on its own listener (`admin.listen`): `GET /stats` answers JSON with
 //! where each task's requests ran and why, response times by where requests were answered,
 //! each task's heat and residency, each region's health and latency, and the cache's
-//! counters; `POST /purge` drops cache entries.
+//! counters; `GET /metrics` the same for Prometheus ([`crate::exposition`]); `POST /purge`
+//! drops cache entries.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::cache::{Cache, CacheStats, Purge};
-use crate::metrics::{Counters, Latencies, LatencySnapshot};
-use crate::placement::{Placer, TaskStatus};
-use crate::regions::{RegionStatus, Regions};
+use crate::cache::{CacheStats, Purge};
+use crate::exposition;
+use crate::metrics::LatencySnapshot;
+use crate::placement::TaskStatus;
+use crate::regions::RegionStatus;
+
+pub use crate::exposition::Sources;
 
 pub struct Admin {
     sources: Sources,
-}
-
-/// What the admin endpoint reports on; an edge has all of it, a region only counters.
-pub struct Sources {
-    pub counters: Arc<Counters>,
-    pub latencies: Option<Arc<Latencies>>,
-    pub placer: Option<Arc<Placer>>,
-    pub regions: Option<Arc<Regions>>,
-    pub cache: Option<Arc<Cache>>,
-    /// At a region: replayed edge signatures refused.
-    pub replays_refused: Option<Arc<std::sync::atomic::AtomicU64>>,
+    registry: prometheus_client::registry::Registry,
 }
 
 #[derive(serde::Serialize)]
@@ -44,7 +37,8 @@ struct Stats {
 
 impl Admin {
     pub fn new(sources: Sources) -> Admin {
-        Admin { sources }
+        let registry = exposition::registry(sources.clone());
+        Admin { sources, registry }
     }
 
     fn stats(&self) -> Stats {
@@ -134,6 +128,10 @@ impl ServeHttp for Admin {
                 Ok(json) => respond(200, "application/json", json),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
+            ("GET", "/metrics") => match exposition::render(&self.registry) {
+                Ok(text) => respond(200, exposition::CONTENT_TYPE, text.into_bytes()),
+                Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+            },
             ("POST", "/purge") if from_a_browser_elsewhere(req) => respond(
                 403,
                 "text/plain",
@@ -143,7 +141,7 @@ impl ServeHttp for Admin {
             _ => respond(
                 404,
                 "text/plain",
-                b"try GET /stats or POST /purge\n".to_vec(),
+                b"try GET /stats, GET /metrics or POST /purge\n".to_vec(),
             ),
         }
     }

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod exposition;
 pub mod framing;
 pub mod metrics;
 pub mod normalize;

@@ -145,7 +145,48 @@ impl Default for Latencies {
     }
 }
 
+/// One histogram for Prometheus: per-bucket counts (not cumulative) with upper bounds in
+/// seconds, the last `f64::MAX` for `+Inf`.
+pub struct Exposed {
+    pub answered: &'static str,
+    pub sum_seconds: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// Exposed buckets are every fourth: powers of two from 1 µs to 2^26 µs (67 s), then the
+/// rest. Each is a bound of the quarter-octave buckets, so the counts are exact.
+const EXPOSED_EVERY: usize = 4;
+
 impl Latencies {
+    /// Every place that answered at least one request, with coarser buckets than
+    /// [`Latencies::snapshot`]'s (28 bounds).
+    pub fn histograms(&self) -> Vec<Exposed> {
+        Answered::ALL
+            .iter()
+            .filter_map(|&a| {
+                let h = &self.by[a as usize];
+                let mut buckets: Vec<(f64, u64)> = Vec::new();
+                let mut pending = 0;
+                for (i, b) in h.buckets.iter().enumerate() {
+                    pending += b.load(Ordering::Relaxed);
+                    if i % EXPOSED_EVERY == 0 && i < BUCKETS - 1 {
+                        buckets.push((upper_bound_micros(i) as f64 / 1e6, pending));
+                        pending = 0;
+                    }
+                }
+                buckets.push((f64::MAX, pending));
+                let count = buckets.iter().map(|b| b.1).sum();
+                (count > 0).then(|| Exposed {
+                    answered: a.as_str(),
+                    sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                    count,
+                    buckets,
+                })
+            })
+            .collect()
+    }
+
     pub fn record(&self, answered: Answered, took: std::time::Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let h = &self.by[answered as usize];
@@ -221,6 +262,24 @@ mod tests {
             }
         }
         assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn exposed_buckets_are_exact_at_powers_of_two() {
+        let l = Latencies::default();
+        l.record(Answered::Cache, Duration::from_micros(1024));
+        l.record(Answered::Cache, Duration::from_micros(1025));
+        l.record(Answered::Cache, Duration::from_secs(600));
+        let [h] = &l.histograms()[..] else {
+            panic!("one place answered")
+        };
+        assert_eq!((h.answered, h.count), ("cache", 3));
+        let at = |le: f64| h.buckets.iter().find(|b| b.0 == le).map(|b| b.1);
+        assert_eq!(at(0.001024), Some(1), "1024 µs is at its bound");
+        assert_eq!(at(0.002048), Some(1));
+        assert_eq!(at(f64::MAX), Some(1), "10 minutes is past the last bound");
+        assert_eq!(h.buckets.len(), 28);
+        assert!((h.sum_seconds - 600.002049).abs() < 1e-9);
     }
 
     #[test]

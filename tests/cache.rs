@@ -73,6 +73,90 @@ async fn response_times_are_counted_by_where_requests_were_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let admin = free_addr();
+    let edge = edge(origin.addr, admin, "{}");
+    for path in [
+        "/hello?name=m",
+        "/hello?name=m",
+        "/hello?name=n",
+        "/nocache",
+    ] {
+        let resp = client().get(format!("{}{path}", edge.base)).send().await;
+        assert_eq!(resp.unwrap().status(), 200, "{path}");
+    }
+    let resp = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(&resp, "content-type").starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        let sample = scrape.samples.iter().find(|s| {
+            s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })?;
+        match &sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            _ => None,
+        }
+    };
+    // Two runs inline (the first request of each name), one hit, one origin request.
+    let ran = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "poplar_task_requests_total")
+        .filter(|s| s.labels.get("task") == Some("hello"));
+    let ran: f64 = ran
+        .map(|s| match s.value {
+            prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(ran, 2.0, "{text}");
+    assert_eq!(value("poplar_cache_hits_total", &[]), Some(1.0), "{text}");
+    assert_eq!(value("poplar_cache_stores_total", &[]), Some(2.0), "{text}");
+    for (answered, n) in [("edge", 2.0), ("cache", 1.0), ("origin", 1.0)] {
+        let count = value("poplar_response_seconds_count", &[("answered", answered)]);
+        assert_eq!(count, Some(n), "{answered}: {text}");
+    }
+    assert_eq!(
+        value("poplar_response_seconds_count", &[("answered", "region")]),
+        None
+    );
+    let histogram = scrape.samples.iter().find(|s| {
+        s.metric == "poplar_response_seconds" && s.labels.get("answered") == Some("edge")
+    });
+    let Some(prometheus_parse::Value::Histogram(buckets)) = histogram.map(|h| &h.value) else {
+        panic!("no edge histogram: {text}");
+    };
+    assert_eq!(
+        buckets.last().map(|b| (b.less_than, b.count)),
+        Some((f64::INFINITY, 2.0))
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0].count <= w[1].count),
+        "cumulative"
+    );
+    assert_eq!(
+        value("poplar_task_hot", &[("task", "hello")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("poplar_cache_limit_bytes", &[]).map(|b| b > 0.0),
+        Some(true)
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_task_result_is_a_miss_then_a_hit() {
     let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let edge = edge(origin.addr, free_addr(), "{}");

@@ -121,14 +121,30 @@ fn raw_spaces_and_control_bytes_in_the_target_get_400_not_an_encoded_target() {
     let edge = edge_before(origin.addr);
     // Before the pingora-core patch (vendor/README.md) each reached the origin re-encoded,
     // as `/a%20b`, `/a%00b`...: a target the client never sent.
-    let targets: [&[u8]; 6] = [b"/a b", b"/a\x00b", b"/a\x01b", b"/a\x7fb", b"/a\tb", b"/a?q=x y"];
+    let targets: [&[u8]; 6] = [
+        b"/a b",
+        b"/a\x00b",
+        b"/a\x01b",
+        b"/a\x7fb",
+        b"/a\tb",
+        b"/a?q=x y",
+    ];
     for target in targets {
         let mut request = b"GET ".to_vec();
         request.extend_from_slice(target);
         request.extend_from_slice(b" HTTP/1.1\r\nHost: a.test\r\n\r\n");
         let (answer, closed) = exchange(&edge, &request);
-        assert_eq!(status_of(&answer), "400", "{}: {answer}", target.escape_ascii());
-        assert!(closed, "{}: the connection stays open", target.escape_ascii());
+        assert_eq!(
+            status_of(&answer),
+            "400",
+            "{}: {answer}",
+            target.escape_ascii()
+        );
+        assert!(
+            closed,
+            "{}: the connection stays open",
+            target.escape_ascii()
+        );
     }
     assert!(origin.lines().is_empty(), "forwarded: {:?}", origin.lines());
     // What a client encodes itself still goes through as it was sent.
@@ -137,5 +153,8 @@ fn raw_spaces_and_control_bytes_in_the_target_get_400_not_an_encoded_target() {
         b"GET /a%20b?q=x%00y HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status_of(&answer), "200", "{answer}");
-    assert_eq!(origin.lines(), vec!["GET /a%20b?q=x%00y HTTP/1.1".to_string()]);
+    assert_eq!(
+        origin.lines(),
+        vec!["GET /a%20b?q=x%00y HTTP/1.1".to_string()]
+    );
 }

@@ -1,0 +1,248 @@
+//! `GET /metrics` on the admin listener: what `/stats` shows, in the Prometheus text
+//! format (OpenMetrics), named by Prometheus conventions: a `poplar_` prefix, base units,
+//! `_total` counters, `_seconds` histograms. Label values are task, route-free names
+//! (task, region, where answered, placement, reason): never a path or a host, so the
+//! number of series is bounded by the config.
+//!
+//! Read on each scrape from the counters the proxy keeps anyway; nothing is added to a
+//! request's path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::cache::Cache;
+use crate::metrics::{Counters, Latencies};
+use crate::placement::Placer;
+use crate::regions::Regions;
+
+/// What the admin endpoint reports on, in `/stats` and `/metrics`; an edge has all of it, a
+/// region only counters and refused replays.
+#[derive(Clone)]
+pub struct Sources {
+    pub counters: Arc<Counters>,
+    pub latencies: Option<Arc<Latencies>>,
+    pub placer: Option<Arc<Placer>>,
+    pub regions: Option<Arc<Regions>>,
+    pub cache: Option<Arc<Cache>>,
+    /// At a region: replayed edge signatures refused.
+    pub replays_refused: Option<Arc<AtomicU64>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sources")
+    }
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A registry reading `sources` at each scrape.
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::with_prefix("poplar");
+    registry.register_collector(Box::new(sources));
+    registry
+}
+
+/// The registry's metrics as text.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.placements(&mut encoder)?;
+        if let Some(latencies) = &self.latencies {
+            response_times(latencies, &mut encoder)?;
+        }
+        if let Some(placer) = &self.placer {
+            tasks(placer, &mut encoder)?;
+        }
+        if let Some(regions) = self.regions.as_ref().filter(|r| !r.is_empty()) {
+            regions_health(regions, &mut encoder)?;
+        }
+        if let Some(cache) = &self.cache {
+            cache_counters(cache, &mut encoder)?;
+        }
+        if let Some(refused) = &self.replays_refused {
+            let n = refused.load(Ordering::Relaxed);
+            let help = "Signed forwards refused as replays";
+            counters(&mut encoder, "replays_refused", help, [(Vec::new(), n)])?;
+        }
+        Ok(())
+    }
+}
+
+impl Sources {
+    /// Task requests by task, where they ran and why (non-zero counts only).
+    fn placements(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut samples = Vec::new();
+        for (task, counts) in self.counters.snapshot() {
+            for (key, n) in counts {
+                let (placement, reason) = key.split_once('/').unwrap_or((key.as_str(), ""));
+                let labels: Labels = vec![
+                    ("task", task.clone()),
+                    ("placement", placement.to_string()),
+                    ("reason", reason.to_string()),
+                ];
+                samples.push((labels, n));
+            }
+        }
+        let help = "Task requests by where they ran (edge or region) and why";
+        counters(encoder, "task_requests", help, samples)
+    }
+}
+
+fn response_times(latencies: &Latencies, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let help = "Response times, arrival to end of response, by where answered";
+    let mut family = encoder.encode_descriptor(
+        "response",
+        help,
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for h in latencies.histograms() {
+        let labels: Labels = vec![("answered", h.answered.to_string())];
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+    }
+    Ok(())
+}
+
+fn tasks(placer: &Placer, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let status = placer.status();
+    let hot = status
+        .iter()
+        .map(|(name, s)| (vec![("task", name.clone())], f64::from(u8::from(s.hot))));
+    let help = "Whether the task is hot (1) or cold (0) at this edge";
+    gauges(encoder, "task_hot", help, None, hot)?;
+    let rate = status
+        .iter()
+        .map(|(name, s)| (vec![("task", name.clone())], s.rate));
+    let help = "The task's smoothed request rate, per second, as of its last request";
+    gauges(encoder, "task_request_rate", help, None, rate)?;
+    let code = status.iter().map(|(name, s)| {
+        let labels = vec![("task", name.clone()), ("state", s.code.to_string())];
+        (labels, 1.0)
+    });
+    let help = "The state of the task's compiled code at this edge (absent, compiling, resident, pinned, failed)";
+    gauges(encoder, "task_code", help, None, code)
+}
+
+fn regions_health(regions: &Regions, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let status = regions.status();
+    let healthy = status.iter().map(|s| {
+        (
+            vec![("region", s.name.clone())],
+            f64::from(u8::from(s.healthy)),
+        )
+    });
+    let help = "Whether the region takes forwards (1) or is out (0)";
+    gauges(encoder, "region_healthy", help, None, healthy)?;
+    let latency = status.iter().filter_map(|s| {
+        let seconds = s.latency_ms? / 1000.0;
+        Some((vec![("region", s.name.clone())], seconds))
+    });
+    let help = "The region's smoothed response time (forwards and probes)";
+    gauges(
+        encoder,
+        "region_latency",
+        help,
+        Some(&Unit::Seconds),
+        latency,
+    )
+}
+
+fn cache_counters(cache: &Cache, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let s = cache.stats();
+    let none = Vec::new;
+    counters(
+        encoder,
+        "cache_hits",
+        "Answers from the cache",
+        [(none(), s.hits)],
+    )?;
+    let help = "Cacheable requests not answered from the cache";
+    counters(encoder, "cache_misses", help, [(none(), s.misses)])?;
+    let help = "Requests that waited for another's fill of the same key";
+    counters(
+        encoder,
+        "cache_coalesced_waits",
+        help,
+        [(none(), s.coalesced_waits)],
+    )?;
+    counters(
+        encoder,
+        "cache_stores",
+        "Answers stored",
+        [(none(), s.stores)],
+    )?;
+    let help = "Entries evicted to make room";
+    counters(encoder, "cache_evictions", help, [(none(), s.evictions)])?;
+    let help = "Stale answers served (while revalidating or on error)";
+    counters(
+        encoder,
+        "cache_stale_served",
+        help,
+        [(none(), s.stale_served)],
+    )?;
+    let help = "Entries in the cache";
+    gauges(
+        encoder,
+        "cache_entries",
+        help,
+        None,
+        [(none(), s.entries as f64)],
+    )?;
+    let help = "Bytes the cache's entries take";
+    let bytes = [(none(), s.bytes_in_use as f64)];
+    gauges(encoder, "cache_size", help, Some(&Unit::Bytes), bytes)?;
+    let help = "The cache's configured size";
+    let limit = [(none(), s.bytes_limit as f64)];
+    gauges(encoder, "cache_limit", help, Some(&Unit::Bytes), limit)
+}
+
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, n) in samples {
+        match labels.is_empty() {
+            true => return ConstCounter::new(n).encode(family),
+            false => ConstCounter::new(n).encode(family.encode_family(&labels)?)?,
+        }
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (Labels, f64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        match labels.is_empty() {
+            true => return ConstGauge::new(v).encode(family),
+            false => ConstGauge::new(v).encode(family.encode_family(&labels)?)?,
+        }
+    }
+    Ok(())
+}
