@@ -18,9 +18,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cache::Cache;
-use crate::metrics::{Counters, Latencies};
+use crate::metrics::{Counters, InFlight, Latencies};
 use crate::placement::Placer;
 use crate::regions::Regions;
+use crate::wasm::Runtime;
 
 /// What the admin endpoint reports on, in `/stats` and `/metrics`; an edge has all of it, a
 /// region only counters and refused replays.
@@ -33,6 +34,8 @@ pub struct Sources {
     pub cache: Option<Arc<Cache>>,
     /// At a region: replayed edge signatures refused.
     pub replays_refused: Option<Arc<AtomicU64>>,
+    pub in_flight: InFlight,
+    pub runtime: Option<Arc<Runtime>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -62,6 +65,18 @@ type Labels = Vec<(&'static str, String)>;
 
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let in_flight = [(Vec::new(), self.in_flight.now() as f64)];
+        let help = "Requests being served by the proxy now";
+        gauges(&mut encoder, "requests_in_flight", help, None, in_flight)?;
+        if let Some(runtime) = &self.runtime {
+            let (running, slots) = runtime.slots_in_use();
+            let help = "Task executions running now";
+            let running = [(Vec::new(), running as f64)];
+            gauges(&mut encoder, "executions_running", help, None, running)?;
+            let help = "Task executions that can run at once (placement.max_inline)";
+            let slots = [(Vec::new(), slots as f64)];
+            gauges(&mut encoder, "execution_slots", help, None, slots)?;
+        }
         self.placements(&mut encoder)?;
         if let Some(latencies) = &self.latencies {
             response_times(latencies, &mut encoder)?;

@@ -1,6 +1,7 @@
 //! Counters of where each task's requests ran and why, for the admin endpoint.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::placement::Reason;
@@ -59,6 +60,31 @@ impl Counters {
                 (task.clone(), by_key)
             })
             .collect()
+    }
+}
+
+/// Requests being served now, at the edge or region proxy: each holds an [`InFlightGuard`]
+/// from the making of its context to the end of its logging phase.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicU64>);
+
+/// One request in flight; dropping it counts the request done.
+pub struct InFlightGuard(Arc<AtomicU64>);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use crate::admin::{Admin, Sources};
 use crate::cache::{Cache, Clock};
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, InFlight};
 use crate::placement::Placer;
 use crate::proxy::{Edge, EdgeParts, RegionServer};
 use crate::regions::{HealthChecker, Regions};
@@ -33,12 +33,20 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
-    let mut server = build_with(config, source, false, Clock::default(), Vec::new())?;
+    let in_flight = InFlight::default();
+    let built = Built {
+        work_stealing: false,
+        clock: Clock::default(),
+        in_flight: in_flight.clone(),
+        listeners: Vec::new(),
+    };
+    let mut server = build_with(config, source, built)?;
     let conf = &server.configuration;
     let drain = conf.grace_period_seconds.unwrap_or(0)
         + conf.graceful_shutdown_timeout_seconds.unwrap_or(0);
     let watchdog = ExitWatchdog {
         after: Duration::from_secs(drain + EXIT_SLACK_SECS),
+        in_flight,
     };
     server.add_service(background_service("exit watchdog", watchdog));
     Ok(server)
@@ -47,13 +55,19 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
 /// How long past its drain a stopping server may take before the watchdog ends it.
 const EXIT_SLACK_SECS: u64 = 5;
 
-/// Ends the process if a shutdown has not finished well after its drain: Pingora's fast
-/// shutdown can leave a listener's accept loop spinning on "the runtime is being shut
-/// down" errors, with the process never exiting (seen once in `tests/cli.rs`, at 100% CPU).
-/// Only for `poplar serve`: an in-process server must not end its host process.
+/// Once a shutdown has begun, ends the process as soon as no request is in flight (Pingora
+/// would sleep out the whole grace period however idle), and in any case if the shutdown
+/// has not finished well after its drain: Pingora 0.9.1's accept loop could spin on "the
+/// runtime is being shut down" errors, the process never exiting (fixed in the patched
+/// pingora-core, `vendor/README.md`; this stays as a second guard). Only for `poplar serve`:
+/// an in-process server must not end its host process.
 struct ExitWatchdog {
     after: Duration,
+    in_flight: InFlight,
 }
+
+/// How often a stopping server looks for requests still in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for ExitWatchdog {
@@ -63,25 +77,42 @@ impl pingora_core::services::background::BackgroundService for ExitWatchdog {
                 break;
             }
         }
-        let after = self.after;
+        let (after, in_flight) = (self.after, self.in_flight.clone());
         std::thread::spawn(move || {
-            std::thread::sleep(after);
+            let began = Instant::now();
+            while began.elapsed() < after {
+                if in_flight.now() == 0 {
+                    log::info!(
+                        "no request in flight {:?} into the shutdown: exiting",
+                        began.elapsed()
+                    );
+                    std::process::exit(0);
+                }
+                std::thread::sleep(DRAIN_POLL);
+            }
             log::error!("shutdown did not finish {after:?} after it began: exiting now");
             std::process::exit(0);
         });
     }
 }
 
-fn build_with(
-    config: &Config,
-    source: &Path,
+/// How a server is built, beyond its config.
+struct Built {
     work_stealing: bool,
     clock: Clock,
-    bound: Vec<TcpListener>,
-) -> Result<Server, ConfigErrors> {
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(config, work_stealing));
+    in_flight: InFlight,
+    /// Listeners bound already, handed to Pingora ([`HandOver`]).
+    listeners: Vec<TcpListener>,
+}
+
+fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, ConfigErrors> {
+    let conf = server_conf(config, built.work_stealing);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let hand_over = server.add_service(HandOver { listeners: bound });
+    let hand_over = server.add_service(HandOver {
+        listeners: built.listeners,
+    });
+    let (clock, in_flight) = (built.clock, built.in_flight);
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
         counters: counters.clone(),
@@ -90,12 +121,15 @@ fn build_with(
         regions: None,
         cache: None,
         replays_refused: None,
+        in_flight: in_flight.clone(),
+        runtime: None,
     };
     match config.role {
         Role::Edge => {
-            let edge = edge(config, source, counters, clock)?;
+            let edge = edge(config, source, counters, clock, in_flight)?;
             sources = Sources {
                 latencies: Some(edge.latencies.clone()),
+                runtime: Some(edge.placer.runtime().clone()),
                 placer: Some(edge.placer.clone()),
                 regions: Some(edge.regions.clone()),
                 cache: Some(edge.cache.clone()),
@@ -113,8 +147,10 @@ fn build_with(
             }
         }
         Role::Region => {
-            let region = region(config, source)?;
+            let mut region = region(config, source)?;
+            region.in_flight = in_flight;
             sources.replays_refused = Some(region.replays.clone());
+            sources.runtime = Some(region.runtime().clone());
             let conf = &server.configuration;
             let mut service =
                 pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
@@ -190,6 +226,7 @@ fn edge(
     source: &Path,
     counters: Arc<Counters>,
     clock: Clock,
+    in_flight: InFlight,
 ) -> Result<EdgeParts, ConfigErrors> {
     let runtime = runtime(config, source)?;
     let pinned_names: Vec<&str> = config
@@ -230,6 +267,7 @@ fn edge(
         versions,
         trusted_proxies: config.trusted_proxies.clone(),
         request_id_header: config.request_id_header.clone(),
+        in_flight,
     })
 }
 
@@ -317,8 +355,9 @@ fn capacity(config: &Config) -> Capacity {
     }
 }
 
-/// Pingora's settings, derived from ours. The grace period after SIGTERM only needs to
-/// outlast the longest task deadline.
+/// Pingora's settings, derived from ours. After `SIGTERM` Pingora closes the listeners and
+/// waits the grace period (`grace_period`) for requests in flight; [`ExitWatchdog`] ends
+/// the wait once none is left.
 ///
 /// `poplar serve` runs one single-threaded runtime per thread, as nginx runs one event loop
 /// per worker: a request stays on the thread that accepted it, with no cross-thread wakeups
@@ -327,15 +366,9 @@ fn capacity(config: &Config) -> Capacity {
 /// ([`Running`]) use work stealing instead: Pingora 0.9 can hand a new no-steal runtime the
 /// handles of one already shut down (cloudflare/pingora#981), and its services then exit.
 fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
-    let longest = config
-        .tasks
-        .values()
-        .map(|t| t.limits.timeout)
-        .max()
-        .unwrap_or_default();
     ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(longest.as_secs() + 1),
+        grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
         work_stealing,
         ..ServerConf::default()
@@ -397,7 +430,13 @@ impl Running {
         listeners: Vec<TcpListener>,
     ) -> anyhow::Result<Running> {
         let clock = Clock::default();
-        let server = build_with(config, source, true, clock.clone(), listeners)?;
+        let built = Built {
+            work_stealing: true,
+            clock: clock.clone(),
+            in_flight: InFlight::default(),
+            listeners,
+        };
+        let server = build_with(config, source, built)?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("poplar {}", config.listen))

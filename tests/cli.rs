@@ -160,18 +160,7 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
-    // Bounded: a shutdown that hangs fails the test instead of the whole run.
-    let stopping = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if stopping.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("serve did not exit within 30 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(&mut child);
     assert!(status.success(), "{status}");
 
     let logged = std::fs::read_to_string(&log).unwrap();
@@ -286,4 +275,91 @@ fn the_admin_endpoint_cannot_share_the_proxys_address() {
         stderr.contains("admin.listen: is the same address as listen"),
         "{stderr}"
     );
+}
+
+#[test]
+fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = (released_addr(), released_addr());
+    let wasm = tasks_dir().join("wstd-http-server.wasm");
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "role: edge\nlisten: \"{addr}\"\nadmin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\ntasks:\n  wstd:\n    wasm: {}\n    limits: {{ timeout: 10s }}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
+            wasm.display()
+        ),
+    );
+    let log = dir.path().join("stderr.log");
+    let mut child = poplar()
+        .args(["serve", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
+    wait_for("the admin endpoint", || metrics().is_ok());
+
+    // A request in flight that cannot finish before this test sends the rest of its body.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        slow,
+        "POST /echo HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello"
+    )
+    .unwrap();
+    wait_for("the request in flight", || {
+        metrics().is_ok_and(|m| m.contains("poplar_requests_in_flight 1"))
+    });
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    wait_for("new connections refused", || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    assert!(child.try_wait().unwrap().is_none(), "still up, draining");
+
+    slow.write_all(b"world").unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("helloworld"), "the whole body: {answer}");
+
+    let status = wait_for_exit(&mut child);
+    assert!(status.success(), "{status}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("no request in flight"),
+        "it ended once drained, not at the end of the grace period: {logged}"
+    );
+}
+
+/// Polls `ready` until it holds, for at most 30 s.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: not after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit, for at most 30 s: a shutdown that hangs fails the test, not
+/// the whole run.
+fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let stopping = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if stopping.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve did not exit within 30 s of its signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

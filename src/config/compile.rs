@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::schema::{self, File};
 use super::source::{Reported, join};
+use super::units::Dur;
 use super::{
     CacheSpec, Config, HealthSpec, KeySource, Limits, Match, Mode, PathMatch, PlacementSpec,
     RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
@@ -86,6 +87,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         listen,
         threads,
         guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
+        grace_period: grace_period(file.grace_period, &tasks, r),
         admin: file.admin.map(|a| a.listen),
         key_source,
         forwarding_key: None,
@@ -115,6 +117,23 @@ fn listen(file: &File, r: &mut Reported) -> SocketAddr {
         r.error("admin.listen", message);
     }
     listen
+}
+
+/// Whole seconds (Pingora's unit), by default the longest task timeout plus 1 s.
+fn grace_period(
+    given: Option<Dur>,
+    tasks: &BTreeMap<String, TaskSpec>,
+    r: &mut Reported,
+) -> Duration {
+    let Some(Dur(given)) = given else {
+        let longest = tasks.values().map(|t| t.limits.timeout).max();
+        let secs = longest.unwrap_or_default().as_secs_f64().ceil() as u64;
+        return Duration::from_secs(secs + 1);
+    };
+    if given.subsec_nanos() != 0 {
+        r.error("grace_period", "must be whole seconds");
+    }
+    given
 }
 
 fn header_name(name: &str, r: &mut Reported) -> Option<http::HeaderName> {

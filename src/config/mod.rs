@@ -35,6 +35,8 @@ pub struct Config {
     pub threads: usize,
     /// The level guests' output is logged at.
     pub guest_log: log::Level,
+    /// How long `SIGTERM` lets requests in flight finish (`grace_period`).
+    pub grace_period: std::time::Duration,
     /// Where the admin endpoint (`/stats`) listens, if anywhere.
     pub admin: Option<SocketAddr>,
     /// Where the forwarding key comes from: set for an edge with regions and a region.

@@ -31,6 +31,9 @@ pub struct File {
     /// The level guests' stdout and stderr lines are logged at, under the target
     /// `poplar::guest` (default `info`).
     pub guest_log: Option<LogLevel>,
+    /// How long `SIGTERM` lets requests in flight finish, after the listeners close, before
+    /// the process exits (default: the longest task timeout plus 1 s). Whole seconds.
+    pub grace_period: Option<Dur>,
     pub admin: Option<Admin>,
     pub forwarding: Option<Forwarding>,
     pub placement: Option<Placement>,

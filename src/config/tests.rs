@@ -35,6 +35,25 @@ fn sizes_and_durations() {
 }
 
 #[test]
+fn the_grace_period_is_whole_seconds_and_outlasts_the_tasks_by_default() {
+    let yaml = "role: edge\nlisten: 127.0.0.1:8080\ntasks:\n  t:\n    wasm: Cargo.toml\n    limits: { timeout: 2500ms }\nroutes:\n  - match: { path: /t }\n    task: t\n";
+    let config = parse(yaml, Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid");
+    assert_eq!(
+        config.grace_period,
+        Duration::from_secs(4),
+        "2.5 s rounded up, plus 1 s"
+    );
+    let given = format!("grace_period: 30s\n{yaml}");
+    let config = parse(&given, Path::new(env!("CARGO_MANIFEST_DIR"))).expect("valid");
+    assert_eq!(config.grace_period, Duration::from_secs(30));
+    let halves = format!("grace_period: 1500ms\n{yaml}");
+    assert_eq!(
+        errors(&halves),
+        ["grace_period: must be whole seconds (line 1, column 15)"]
+    );
+}
+
+#[test]
 fn every_problem_is_reported_with_its_path_and_place() {
     let yaml = r#"
 role: edje
@@ -54,7 +73,7 @@ routes:
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region` (line 2, column 7)",
         "listen: invalid socket address syntax (line 3, column 9)",
-        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `admin`, `forwarding`, `placement`, `regions`, `health`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
+        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `admin`, `forwarding`, `placement`, `regions`, `health`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
         "tasks.hello.limits.memory: invalid size \"64XB\"; use a size such as 64MiB or 512KiB (line 8, column 23)",
         "tasks.hello.limits.timeout: invalid duration \"soon\"; use a duration such as 50ms or 2s (line 8, column 38)",
         "routes[0].match.path_prefix: must start with \"/\" (line 10, column 27)",

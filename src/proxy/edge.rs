@@ -23,7 +23,7 @@ use super::{
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
-use crate::metrics::{Answered, Counters, Latencies, Site};
+use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, Site};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::{Attempts, Regions, signing};
 use crate::routing::{Route, Router};
@@ -51,6 +51,8 @@ pub struct Parts {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A header that carries request ids from a proxy in front (`request_id_header`).
     pub request_id_header: Option<http::HeaderName>,
+    /// Requests being served, for a graceful stop and `/metrics`.
+    pub in_flight: InFlight,
 }
 
 /// Per-request state.
@@ -71,6 +73,8 @@ pub struct Ctx {
     /// This request's id in logs, the guest's included, and sent to a region with it: from
     /// `request_id_header` when the request has a usable one, else made here.
     request_id: Arc<str>,
+    /// Counts the request in flight until the context is dropped, after its logging.
+    _in_flight: Option<InFlightGuard>,
 }
 
 /// A task request on its way to a region.
@@ -354,7 +358,10 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _in_flight: Some(self.parts.in_flight.enter()),
+            ..Ctx::default()
+        }
     }
 
     /// No downstream modules: Pingora's default adds a response-compression module that is

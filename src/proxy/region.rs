@@ -17,6 +17,7 @@ use super::task::{self, Inline};
 use super::{refuse_bad_framing, respond, strip_poplar_headers};
 use crate::config::ForwardingKey;
 use crate::errors::ErrorKind;
+use crate::metrics::{InFlight, InFlightGuard};
 use crate::regions::health::HEALTH_PATH;
 use crate::regions::signing::{self, Rejection, Seen, Verified};
 use crate::wasm::{Runtime, Task};
@@ -29,6 +30,8 @@ pub struct RegionServer {
     seen: Seen,
     /// Replayed signatures refused.
     pub replays: Arc<AtomicU64>,
+    /// Requests being served, for a graceful stop and `/metrics`.
+    pub in_flight: InFlight,
 }
 
 impl RegionServer {
@@ -40,7 +43,12 @@ impl RegionServer {
             key,
             seen: Seen::new(),
             replays: Arc::new(AtomicU64::new(0)),
+            in_flight: InFlight::default(),
         }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// The forwarded request's signature, if it holds and was not used before.
@@ -95,15 +103,22 @@ async fn health(session: &mut Session) -> Result<()> {
 
 #[async_trait]
 impl ProxyHttp for RegionServer {
-    type CTX = ();
+    /// Counts the request in flight until it is dropped, after its logging.
+    type CTX = InFlightGuard;
 
-    fn new_ctx(&self) {}
+    fn new_ctx(&self) -> InFlightGuard {
+        self.in_flight.enter()
+    }
 
     /// No downstream modules: Pingora's default adds a response-compression module that is
     /// switched off yet still runs per request.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut InFlightGuard,
+    ) -> Result<bool> {
         if refuse_bad_framing(session).await? {
             return Ok(true);
         }
@@ -146,7 +161,11 @@ impl ProxyHttp for RegionServer {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut InFlightGuard,
+    ) -> Result<Box<HttpPeer>> {
         Err(Error::explain(
             ErrorType::InternalError,
             "a region does not proxy",

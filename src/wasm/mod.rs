@@ -59,6 +59,7 @@ pub struct Runtime {
     linker: Linker<Host>,
     /// One permit per instance the pool holds: an execution runs only with one in hand.
     slots: Arc<Semaphore>,
+    instances: usize,
     ticker: EpochTicker,
     /// The level guests' stdout and stderr lines are logged at (target `poplar::guest`).
     guest_log: log::Level,
@@ -72,12 +73,14 @@ impl Runtime {
         // wasi:cli/environment, exit and terminal-*, beyond the proxy world.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        let slots = Arc::new(Semaphore::new(capacity.instances.max(1) as usize));
+        let instances = capacity.instances.max(1) as usize;
+        let slots = Arc::new(Semaphore::new(instances));
         let ticker = EpochTicker::start(&engine, slots.clone());
         Ok(Runtime {
             engine,
             linker,
             slots,
+            instances,
             ticker,
             guest_log: log::Level::Info,
         })
@@ -86,6 +89,12 @@ impl Runtime {
     /// Logs the guests of tasks loaded from now on at `level`.
     pub fn set_guest_log(&mut self, level: log::Level) {
         self.guest_log = level;
+    }
+
+    /// Executions running now (slots taken), and how many can run at once.
+    pub fn slots_in_use(&self) -> (usize, usize) {
+        let free = self.slots.available_permits();
+        (self.instances.saturating_sub(free), self.instances)
     }
 
     /// An execution slot if one is free right now.

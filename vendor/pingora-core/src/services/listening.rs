@@ -253,6 +253,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");
+                    // Poplar patch: an accept that fails at once (as every accept does while
+                    // the runtime shuts down) would otherwise loop here without ever
+                    // yielding, so the runtime could never drop this task and the process
+                    // never exited, at 100% CPU. Yielding lets a shutdown take the task.
+                    tokio::task::yield_now().await;
                     if let Some(io_error) = e
                         .root_cause()
                         .downcast_ref::<std::io::Error>()
