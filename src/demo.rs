@@ -247,6 +247,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         trusted_proxies: Vec::new(),
         request_id_header: None,
         guest_log: log::Level::Info,
+        access_log: None,
         grace_period: Duration::from_secs(1),
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
@@ -275,6 +276,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         trusted_proxies: Vec::new(),
         request_id_header: None,
         guest_log: log::Level::Info,
+        access_log: None,
         grace_period: Duration::from_secs(1),
         forwarding_key: Some(key),
         placement: PlacementSpec {

@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::access_log::AccessLog;
 use crate::cache::Cache;
 use crate::metrics::{Counters, InFlight, Latencies};
 use crate::placement::Placer;
@@ -36,6 +37,7 @@ pub struct Sources {
     pub replays_refused: Option<Arc<AtomicU64>>,
     pub in_flight: InFlight,
     pub runtime: Option<Arc<Runtime>>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -89,6 +91,15 @@ impl Collector for Sources {
         }
         if let Some(cache) = &self.cache {
             cache_counters(cache, &mut encoder)?;
+        }
+        if let Some(log) = &self.access_log {
+            let help = "Access log lines dropped because the writer was behind";
+            counters(
+                &mut encoder,
+                "access_log_dropped",
+                help,
+                [(Vec::new(), log.dropped())],
+            )?;
         }
         if let Some(refused) = &self.replays_refused {
             let n = refused.load(Ordering::Relaxed);

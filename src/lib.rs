@@ -6,6 +6,7 @@
 //! that call them, [`errors`] maps what can go wrong to statuses, [`metrics`] counts, and
 //! [`admin`] shows it. [`server`] starts it all; [`demo`] is the bundled demo and origin.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cache;

@@ -53,6 +53,11 @@ impl Router {
     }
 
     /// The route for a request. `host` is the `Host` header (any port is ignored).
+    /// The route at position `index` of the config's `routes`.
+    pub fn by_index(&self, index: usize) -> Option<&Route> {
+        self.routes.iter().find(|r| r.index == index)
+    }
+
     pub fn route(&self, host: Option<&str>, path: &str, method: &str) -> Option<&Route> {
         let host = host.map(crate::normalize::strip_port);
         self.routes

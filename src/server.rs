@@ -20,6 +20,7 @@ use pingora_core::services::listening::Service;
 
 use std::collections::HashMap;
 
+use crate::access_log::AccessLog;
 use crate::admin::{Admin, Sources};
 use crate::cache::{Cache, Clock};
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
@@ -39,6 +40,7 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
         clock: Clock::default(),
         in_flight: in_flight.clone(),
         listeners: Vec::new(),
+        signals: true,
     };
     let mut server = build_with(config, source, built)?;
     let conf = &server.configuration;
@@ -103,6 +105,8 @@ struct Built {
     in_flight: InFlight,
     /// Listeners bound already, handed to Pingora ([`HandOver`]).
     listeners: Vec<TcpListener>,
+    /// Whether `SIGUSR1` reopens the access log: only where the process is the server's.
+    signals: bool,
 }
 
 fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, ConfigErrors> {
@@ -113,6 +117,11 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         listeners: built.listeners,
     });
     let (clock, in_flight) = (built.clock, built.in_flight);
+    let access_log = open_access_log(config, source)?;
+    if let Some(log) = access_log.as_ref().filter(|_| built.signals) {
+        let reopen = Reopen { log: log.clone() };
+        server.add_service(background_service("access log reopen", reopen));
+    }
     let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
     let mut sources = Sources {
         counters: counters.clone(),
@@ -123,10 +132,11 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         replays_refused: None,
         in_flight: in_flight.clone(),
         runtime: None,
+        access_log: access_log.clone(),
     };
     match config.role {
         Role::Edge => {
-            let edge = edge(config, source, counters, clock, in_flight)?;
+            let edge = edge(config, source, counters, clock, in_flight, access_log)?;
             sources = Sources {
                 latencies: Some(edge.latencies.clone()),
                 runtime: Some(edge.placer.runtime().clone()),
@@ -149,6 +159,7 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         Role::Region => {
             let mut region = region(config, source)?;
             region.in_flight = in_flight;
+            region.access_log = access_log;
             sources.replays_refused = Some(region.replays.clone());
             sources.runtime = Some(region.runtime().clone());
             let conf = &server.configuration;
@@ -167,6 +178,34 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         server.add_service(service).add_dependency(&hand_over);
     }
     Ok(server)
+}
+
+/// Reopens the access log on `SIGUSR1`, as log rotation (logrotate's `postrotate`) asks.
+struct Reopen {
+    log: Arc<AccessLog>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Reopen {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(usr1) => usr1,
+            Err(e) => return log::error!("cannot take SIGUSR1 for the access log: {e}"),
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = usr1.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    log::info!("SIGUSR1: reopening the access log");
+                    self.log.reopen();
+                }
+            }
+        }
+    }
 }
 
 /// Hands listeners bound before the server was built to Pingora: each goes into the table
@@ -208,6 +247,23 @@ impl ServiceWithDependents for HandOver {
     }
 }
 
+/// The access log, opened now: a file that cannot be opened is an error at start.
+fn open_access_log(config: &Config, source: &Path) -> Result<Option<Arc<AccessLog>>, ConfigErrors> {
+    let Some(spec) = &config.access_log else {
+        return Ok(None);
+    };
+    match AccessLog::open(spec) {
+        Ok(log) => Ok(Some(Arc::new(log))),
+        Err(e) => {
+            let message = format!("cannot open: {e}");
+            Err(fail(
+                source,
+                vec![ConfigError::new("access_log.to", message)],
+            ))
+        }
+    }
+}
+
 fn fail(source: &Path, errors: Vec<ConfigError>) -> ConfigErrors {
     ConfigErrors {
         file: source.to_path_buf(),
@@ -227,6 +283,7 @@ fn edge(
     counters: Arc<Counters>,
     clock: Clock,
     in_flight: InFlight,
+    access_log: Option<Arc<AccessLog>>,
 ) -> Result<EdgeParts, ConfigErrors> {
     let runtime = runtime(config, source)?;
     let pinned_names: Vec<&str> = config
@@ -268,6 +325,7 @@ fn edge(
         trusted_proxies: config.trusted_proxies.clone(),
         request_id_header: config.request_id_header.clone(),
         in_flight,
+        access_log,
     })
 }
 
@@ -435,6 +493,7 @@ impl Running {
             clock: clock.clone(),
             in_flight: InFlight::default(),
             listeners,
+            signals: false,
         };
         let server = build_with(config, source, built)?;
         let (stop, stopped) = watch::channel(false);

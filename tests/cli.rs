@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,18 +115,27 @@ fn a_file_that_is_not_a_component_is_a_config_error() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// An edge config serving wstd's example server at `prefix`, with `head` (top-level keys,
+/// each line ending in a newline) and the task's `limits` (a flow mapping, or empty).
+fn wstd_edge(dir: &Path, head: &str, limits: &str, prefix: &str) -> (SocketAddr, PathBuf) {
+    let addr = released_addr();
+    let wasm = tasks_dir().join("wstd-http-server.wasm");
+    let limits = match limits {
+        "" => String::new(),
+        l => format!("    limits: {l}\n"),
+    };
+    let text = format!(
+        "role: edge\nlisten: \"{addr}\"\n{head}tasks:\n  wstd:\n    wasm: {}\n{limits}routes:\n  - match: {{ path_prefix: {prefix} }}\n    task: wstd\n",
+        wasm.display()
+    );
+    (addr, write_config(dir, &text))
+}
+
 #[test]
 fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = released_addr();
-    let wasm = tasks_dir().join("wstd-http-server.wasm");
-    let file = write_config(
-        dir.path(),
-        &format!(
-            "role: edge\nlisten: \"{addr}\"\nthreads: 2\nrequest_id_header: x-request-id\nguest_log: warn\ntasks:\n  wstd:\n    wasm: {}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
-            wasm.display()
-        ),
-    );
+    let head = "threads: 2\nrequest_id_header: x-request-id\nguest_log: warn\n";
+    let (addr, file) = wstd_edge(dir.path(), head, "", "/");
     let log = dir.path().join("stderr.log");
     let mut child = poplar()
         .args(["serve", "-c"])
@@ -281,15 +291,9 @@ fn the_admin_endpoint_cannot_share_the_proxys_address() {
 fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let (addr, admin) = (released_addr(), released_addr());
-    let wasm = tasks_dir().join("wstd-http-server.wasm");
-    let file = write_config(
-        dir.path(),
-        &format!(
-            "role: edge\nlisten: \"{addr}\"\nadmin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\ntasks:\n  wstd:\n    wasm: {}\n    limits: {{ timeout: 10s }}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: wstd\n",
-            wasm.display()
-        ),
-    );
+    let admin = released_addr();
+    let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
+    let (addr, file) = wstd_edge(dir.path(), &head, "{ timeout: 10s }", "/");
     let log = dir.path().join("stderr.log");
     let mut child = poplar()
         .args(["serve", "-c"])
@@ -362,4 +366,66 @@ fn wait_for_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn the_access_log_has_a_line_per_request_and_sigusr1_reopens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "threads: 1\naccess_log: { to: access.log, format: json }\n";
+    let (addr, file) = wstd_edge(dir.path(), head, "", "/echo-headers");
+    let mut child = poplar()
+        .args(["serve", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| reqwest::blocking_get(format!("http://{addr}{path}"));
+    wait_for("the server", || get("/echo-headers").is_ok());
+    let _ = get("/nowhere?x=1");
+    let log = dir.path().join("access.log");
+    let lines = |path: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_for("two lines", || lines(&log).len() >= 2);
+    let logged = lines(&log);
+    let last = &logged[logged.len() - 1];
+    assert_eq!(last["path"], "/nowhere?x=1", "{last}");
+    assert_eq!(last["status"], 404, "{last}");
+    assert_eq!(last["error"], "no-route", "{last}");
+    let ran = &logged[logged.len() - 2];
+    assert_eq!(ran["status"], 200, "{ran}");
+    assert_eq!(
+        (ran["task"].as_str(), ran["placement"].as_str()),
+        (Some("wstd"), Some("edge"))
+    );
+    assert_eq!(ran["route"], 0, "{ran}");
+    assert!(ran["id"].as_str().is_some_and(|id| !id.is_empty()), "{ran}");
+    assert!(ran["duration"].as_f64().is_some_and(|d| d > 0.0), "{ran}");
+
+    // A rotation moves the file; SIGUSR1 makes the server write a new one.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let _ = Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status();
+    wait_for("a new file after SIGUSR1", || {
+        let _ = get("/nowhere?after=rotation");
+        !lines(&log).is_empty()
+    });
+    assert_eq!(lines(&log)[0]["path"], "/nowhere?after=rotation");
+    // Lines written before the reopen took effect are in the moved file, after what it had.
+    let before = lines(&rotated);
+    assert_eq!(
+        before[..logged.len()],
+        logged[..],
+        "the moved file keeps what it had"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(wait_for_exit(&mut child).success());
 }

@@ -12,8 +12,8 @@ use super::schema::{self, File};
 use super::source::{Reported, join};
 use super::units::Dur;
 use super::{
-    CacheSpec, Config, HealthSpec, KeySource, Limits, Match, Mode, PathMatch, PlacementSpec,
-    RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
+    AccessLogSpec, CacheSpec, Config, HealthSpec, KeySource, Limits, LogTarget, Match, Mode,
+    PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
 };
 
 /// Most inline executions one server may run at once (each reserves pool address space).
@@ -89,6 +89,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
         grace_period: grace_period(file.grace_period, &tasks, r),
         admin: file.admin.map(|a| a.listen),
+        access_log: file.access_log.and_then(|a| access_log(a, base, r)),
         key_source,
         forwarding_key: None,
         placement,
@@ -117,6 +118,23 @@ fn listen(file: &File, r: &mut Reported) -> SocketAddr {
         r.error("admin.listen", message);
     }
     listen
+}
+
+fn access_log(log: schema::AccessLog, base: &Path, r: &mut Reported) -> Option<AccessLogSpec> {
+    let Some(to) = log.to else {
+        r.error("access_log.to", "missing: stderr or a file");
+        return None;
+    };
+    let to = match to.trim() {
+        "stderr" => LogTarget::Stderr,
+        "" => {
+            r.error("access_log.to", "must be stderr or a file");
+            return None;
+        }
+        path => LogTarget::File(base.join(path)),
+    };
+    let format = log.format.unwrap_or_default();
+    Some(AccessLogSpec { to, format })
 }
 
 /// Whole seconds (Pingora's unit), by default the longest task timeout plus 1 s.

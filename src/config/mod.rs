@@ -37,6 +37,8 @@ pub struct Config {
     pub guest_log: log::Level,
     /// How long `SIGTERM` lets requests in flight finish (`grace_period`).
     pub grace_period: std::time::Duration,
+    /// Where request lines go, if anywhere.
+    pub access_log: Option<AccessLogSpec>,
     /// Where the admin endpoint (`/stats`) listens, if anywhere.
     pub admin: Option<SocketAddr>,
     /// Where the forwarding key comes from: set for an edge with regions and a region.
@@ -56,6 +58,28 @@ pub struct Config {
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,
+}
+
+/// The access log's destination and format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSpec {
+    pub to: LogTarget,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where a forwarding key is read from.

@@ -35,6 +35,8 @@ pub struct File {
     /// the process exits (default: the longest task timeout plus 1 s). Whole seconds.
     pub grace_period: Option<Dur>,
     pub admin: Option<Admin>,
+    /// One line per request, written off the request's path.
+    pub access_log: Option<AccessLog>,
     pub forwarding: Option<Forwarding>,
     pub placement: Option<Placement>,
     /// Edge only: the regions forwarded tasks run in, by name.
@@ -86,6 +88,19 @@ impl From<LogLevel> for log::Level {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: SocketAddr,
+}
+
+/// The access log.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stderr`, or a file (relative to the config's folder), appended to and reopened on
+    /// `SIGUSR1` for log rotation.
+    #[schemars(required)]
+    pub to: Option<String>,
+    /// `text` (combined-like, then `key=value` fields; the default) or `json` (one object
+    /// per line).
+    pub format: Option<super::LogFormat>,
 }
 
 /// Where the key shared by edges and regions is read from (else `POPLAR_FORWARDING_KEY`).

@@ -14,12 +14,14 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::access;
 use super::cached::{self, Phase};
 use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
 use super::{
     RequestIds, forwarded_for, normalize_request, refuse_bad_framing, respond, strip_poplar_headers,
 };
+use crate::access_log::AccessLog;
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
@@ -53,6 +55,7 @@ pub struct Parts {
     pub request_id_header: Option<http::HeaderName>,
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Per-request state.
@@ -70,6 +73,8 @@ pub struct Ctx {
     pub(super) body: Option<Bytes>,
     /// The host the request is for, normalised ([`crate::normalize`]).
     host: Option<String>,
+    /// The route matched: its position in the config's `routes`.
+    route: Option<usize>,
     /// This request's id in logs, the guest's included, and sent to a region with it: from
     /// `request_id_header` when the request has a usable one, else made here.
     request_id: Arc<str>,
@@ -396,6 +401,7 @@ impl ProxyHttp for Edge {
             respond::error(session, ErrorKind::NoRoute, "").await?;
             return Ok(true);
         };
+        ctx.route = Some(route.index);
         if route.cache.is_some() && self.cache_phase(session, ctx, route).await? {
             ctx.answered = Some(Answered::Cache);
             return Ok(true);
@@ -427,11 +433,27 @@ impl ProxyHttp for Edge {
         Ok(Box::new(upstream::origin_peer(addr)))
     }
 
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if e.is_none()
             && let (Some(started), Some(answered)) = (ctx.started, ctx.answered)
         {
             self.parts.latencies.record(answered, started.elapsed());
+        }
+        if let Some(log) = &self.parts.access_log {
+            let route = ctx.route.and_then(|i| self.parts.router.by_index(i));
+            let task = route.and_then(|r| match &r.target {
+                Target::Task(name) => Some(name.as_str()),
+                Target::Origin(_) => None,
+            });
+            let known = access::Known {
+                started: ctx.started,
+                id: &ctx.request_id,
+                host: ctx.host.as_deref(),
+                route: ctx.route,
+                task,
+                upstream: ctx.origin.map(|a| a.to_string()),
+            };
+            access::log(log, session, known);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `ProxyHttp` implementations: the edge ([`Edge`]) and the region ([`RegionServer`]).
 //! Each phase is a few lines that call into a module.
 
+mod access;
 mod cached;
 mod edge;
 mod refresh;

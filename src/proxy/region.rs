@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,8 +14,10 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use super::access;
 use super::task::{self, Inline};
 use super::{refuse_bad_framing, respond, strip_poplar_headers};
+use crate::access_log::AccessLog;
 use crate::config::ForwardingKey;
 use crate::errors::ErrorKind;
 use crate::metrics::{InFlight, InFlightGuard};
@@ -32,6 +35,18 @@ pub struct RegionServer {
     pub replays: Arc<AtomicU64>,
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    /// Counts the request in flight until the context is dropped, after its logging.
+    _in_flight: InFlightGuard,
+    started: Instant,
+    /// The signed task and request id, once the signature held.
+    verified: Option<(String, String)>,
+    /// A health probe: not logged.
+    health: bool,
 }
 
 impl RegionServer {
@@ -44,6 +59,7 @@ impl RegionServer {
             seen: Seen::new(),
             replays: Arc::new(AtomicU64::new(0)),
             in_flight: InFlight::default(),
+            access_log: None,
         }
     }
 
@@ -103,26 +119,27 @@ async fn health(session: &mut Session) -> Result<()> {
 
 #[async_trait]
 impl ProxyHttp for RegionServer {
-    /// Counts the request in flight until it is dropped, after its logging.
-    type CTX = InFlightGuard;
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> InFlightGuard {
-        self.in_flight.enter()
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _in_flight: self.in_flight.enter(),
+            started: Instant::now(),
+            verified: None,
+            health: false,
+        }
     }
 
     /// No downstream modules: Pingora's default adds a response-compression module that is
     /// switched off yet still runs per request.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        _ctx: &mut InFlightGuard,
-    ) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if refuse_bad_framing(session).await? {
             return Ok(true);
         }
         if session.req_header().uri.path() == HEALTH_PATH {
+            ctx.health = true;
             health(session).await?;
             return Ok(true);
         }
@@ -138,6 +155,7 @@ impl ProxyHttp for RegionServer {
                 return Ok(true);
             }
         };
+        ctx.verified = Some((verified.task.clone(), verified.request_id.clone()));
         let Some(task) = self.tasks.get(&verified.task) else {
             let detail = format!("no task {:?}", verified.task);
             respond::error(session, ErrorKind::UnknownTask, &detail).await?;
@@ -161,11 +179,27 @@ impl ProxyHttp for RegionServer {
         Ok(true)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut InFlightGuard,
-    ) -> Result<Box<HttpPeer>> {
+    /// One access log line per forwarded request (health probes are not logged).
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(log) = self.access_log.as_ref().filter(|_| !ctx.health) {
+            let (task, id) = ctx
+                .verified
+                .as_ref()
+                .map_or((None, ""), |(t, id)| (Some(t.as_str()), id.as_str()));
+            let host = session.req_header().headers.get(http::header::HOST);
+            let known = access::Known {
+                started: Some(ctx.started),
+                id,
+                host: host.and_then(|h| h.to_str().ok()),
+                route: None,
+                task,
+                upstream: None,
+            };
+            access::log(log, session, known);
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         Err(Error::explain(
             ErrorType::InternalError,
             "a region does not proxy",

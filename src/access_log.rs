@@ -1,0 +1,277 @@
+//! The access log: one line per request, formatted on the request's thread and written by
+//! a thread of its own through a buffer, so a request never waits on a write. When the
+//! writer falls behind by [`BACKLOG`] lines, new lines are dropped and counted
+//! (`poplar_access_log_dropped_total`), never queued without bound. A file is appended to
+//! and reopened on `SIGUSR1`, after a log rotation moved it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{AccessLogSpec, LogFormat, LogTarget};
+
+/// Lines waiting for the writer, at most.
+const BACKLOG: usize = 65_536;
+/// How often an idle writer looks for a reopen request.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// What one line says of a request.
+#[derive(Debug, serde::Serialize)]
+pub struct Line<'a> {
+    /// When the request arrived (RFC 3339, UTC, milliseconds).
+    pub time: SystemTime,
+    pub id: &'a str,
+    pub client: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Path and query, as routed (normalised).
+    pub path: &'a str,
+    pub version: &'a str,
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: usize,
+    /// From arrival to the end of the response, in seconds.
+    pub duration: f64,
+    /// The route's position in the config's `routes`.
+    pub route: Option<usize>,
+    pub task: Option<&'a str>,
+    /// `edge` or `region`, and why (`x-poplar-placement`).
+    pub placement: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    /// `Cache-Status` as sent.
+    pub cache: Option<&'a str>,
+    /// The origin's address or the region's name.
+    pub upstream: Option<String>,
+    /// `x-poplar-error` as sent.
+    pub error: Option<&'a str>,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    lines: SyncSender<String>,
+    format: LogFormat,
+    dropped: AtomicU64,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AccessLog {
+    /// Opens the destination now (a file that cannot be opened is an error at start) and
+    /// starts the writer.
+    pub fn open(spec: &AccessLogSpec) -> std::io::Result<AccessLog> {
+        let out = Out::open(&spec.to)?;
+        let (lines, pending) = std::sync::mpsc::sync_channel(BACKLOG);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let asked = reopen.clone();
+        std::thread::Builder::new()
+            .name("poplar-access-log".into())
+            .spawn(move || write_lines(out, &pending, &asked))?;
+        Ok(AccessLog {
+            lines,
+            format: spec.format,
+            dropped: AtomicU64::new(0),
+            reopen,
+        })
+    }
+
+    /// Logs a request: formats it here, writes it elsewhere.
+    pub fn log(&self, line: &Line<'_>) {
+        let text = match self.format {
+            LogFormat::Text => text(line),
+            LogFormat::Json => json(line),
+        };
+        match self.lines.try_send(text) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reopens a file destination (after a rotation moved it) before the next write.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+enum Out {
+    Stderr(std::io::Stderr),
+    File(PathBuf, BufWriter<File>),
+}
+
+impl Out {
+    fn open(to: &LogTarget) -> std::io::Result<Out> {
+        Ok(match to {
+            LogTarget::Stderr => Out::Stderr(std::io::stderr()),
+            LogTarget::File(path) => Out::File(path.clone(), BufWriter::new(append(path)?)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Out::Stderr(e) => e,
+            Out::File(_, f) => f,
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Out::File(path, file) = self {
+            let _ = file.flush();
+            match append(path) {
+                Ok(new) => *file = BufWriter::new(new),
+                Err(e) => log::error!("access log: cannot reopen {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+fn append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The writer: writes what has come, flushes when nothing more is waiting.
+fn write_lines(mut out: Out, pending: &Receiver<String>, reopen: &AtomicBool) {
+    loop {
+        if reopen.swap(false, Ordering::Relaxed) {
+            out.reopen();
+        }
+        let first = match pending.recv_timeout(IDLE_POLL) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let w = out.writer();
+        let mut written = w.write_all(first.as_bytes());
+        while let Ok(line) = pending.try_recv() {
+            written = written.and_then(|()| w.write_all(line.as_bytes()));
+        }
+        if let Err(e) = written.and_then(|()| w.flush()) {
+            log::error!("access log: cannot write: {e}");
+        }
+    }
+    let _ = out.writer().flush();
+}
+
+/// Combined-like: `client - - [time] "METHOD path VERSION" status bytes "referer"
+/// "user-agent"`, then `key=value` fields, `-` where there is nothing.
+fn text(l: &Line<'_>) -> String {
+    let client = l.client.map_or_else(|| "-".to_string(), |c| c.to_string());
+    let opt = |v: Option<&str>| v.map_or_else(|| "-".to_string(), quoted_if_needed);
+    let route = l.route.map_or_else(|| "-".to_string(), |r| r.to_string());
+    format!(
+        "{client} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" id={} host={} rt={:.6} route={route} task={} placement={} reason={} cache={} upstream={} error={}\n",
+        humantime::format_rfc3339_millis(l.time),
+        escape(l.method),
+        escape(l.path),
+        escape(l.version),
+        l.status,
+        l.bytes,
+        escape(l.referer.unwrap_or("-")),
+        escape(l.user_agent.unwrap_or("-")),
+        opt(Some(l.id).filter(|id| !id.is_empty())),
+        opt(Some(l.host).filter(|h| !h.is_empty())),
+        l.duration,
+        opt(l.task),
+        opt(l.placement),
+        opt(l.reason),
+        opt(l.cache),
+        opt(l.upstream.as_deref()),
+        opt(l.error),
+    )
+}
+
+fn json(l: &Line<'_>) -> String {
+    let time = humantime::format_rfc3339_millis(l.time).to_string();
+    let mut value = serde_json::to_value(l).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("time".into(), time.into());
+    }
+    let mut line = value.to_string();
+    line.push('\n');
+    line
+}
+
+/// `\"`, `\\` and `\xNN` for control bytes: a line is one line, its quotes its own.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A value as is when it is one plain word, else quoted and escaped.
+fn quoted_if_needed(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if plain {
+        s.to_string()
+    } else {
+        format!("\"{}\"", escape(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> Line<'static> {
+        Line {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_598_626_123),
+            id: "a1b2",
+            client: Some([192, 0, 2, 7].into()),
+            method: "GET",
+            host: "api.example.com",
+            path: "/hello?name=x",
+            version: "HTTP/1.1",
+            status: 200,
+            bytes: 12,
+            duration: 0.000_42,
+            route: Some(1),
+            task: Some("hello"),
+            placement: Some("edge"),
+            reason: Some("hot"),
+            cache: Some("poplar; fwd=miss; stored"),
+            upstream: None,
+            error: None,
+            referer: None,
+            user_agent: Some("curl/8 \"quoted\"\u{1}"),
+        }
+    }
+
+    #[test]
+    fn text_lines_are_combined_then_fields_one_line_each() {
+        let text = text(&line());
+        assert_eq!(
+            text,
+            "192.0.2.7 - - [2025-12-01T14:17:06.123Z] \"GET /hello?name=x HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"quoted\\\"\\x01\" id=a1b2 host=api.example.com rt=0.000420 route=1 task=hello placement=edge reason=hot cache=\"poplar; fwd=miss; stored\" upstream=- error=-\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_back() {
+        let json = json(&line());
+        assert!(json.ends_with('\n') && json.matches('\n').count() == 1);
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["time"], "2025-12-01T14:17:06.123Z");
+        assert_eq!(back["status"], 200);
+        assert_eq!(back["task"], "hello");
+        assert_eq!(back["client"], "192.0.2.7");
+        assert_eq!(back["upstream"], serde_json::Value::Null);
+    }
+}
