@@ -157,14 +157,23 @@ curl -s -o /dev/null "http://127.0.0.1:$edge/cached?name=wrk"
 curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
 curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
 
-# Signed headers for asking the region directly (valid for the region's 30 s clock skew,
-# so signed again before the scenario).
-signed_headers() {
-  python3 - "$key" <<'PY'
+# Signatures for asking the region directly, as an edge signs (v2, docs/SECURITY.md): a
+# region accepts each signature once, so every request of the run has its own, made just
+# before it (valid for the region's 30 s clock skew). One "timestamp id signature" per line,
+# read by scripts/signed.lua.
+signatures() { # file
+  python3 - "$key" "$region" "$1" <<'PY'
 import hashlib, hmac, sys, time
-key, ts = sys.argv[1].encode(), int(time.time())
-sig = hmac.new(key, f"poplar-v1\n{ts}\nGET\n/forwarded?name=wrk\nhello".encode(), hashlib.sha256).hexdigest()
-print(f"x-poplar-task: hello\nx-poplar-timestamp: {ts}\nx-poplar-signature: v1={sig}")
+key, region, out = sys.argv[1].encode(), sys.argv[2], sys.argv[3]
+ts = int(time.time())
+host = f"127.0.0.1:{region}"
+empty = hashlib.sha256(b"").hexdigest()
+headers = hashlib.sha256(f"host:{host}\n".encode()).hexdigest()
+with open(out, "w") as f:
+    for i in range(600_000):
+        rid = f"bench-{ts}-{i}"
+        text = f"poplar-v2\n{ts}\n{rid}\nGET\n/forwarded?name=wrk\nhello\n{host}\n{empty}\n{headers}"
+        f.write(f"{ts} {rid} v2={hmac.new(key, text.encode(), hashlib.sha256).hexdigest()}\n")
 PY
 }
 
@@ -187,10 +196,10 @@ cpu_ticks() {
   done
   echo "$u $s"
 }
-run() { # scenario, server, pid, url, [header lines]
+run() { # scenario, server, pid, url, [wrk script]
   wanted "$1" || return 0
   local args=(-t1 -c"$connections" -d"${duration}s" --latency)
-  while IFS= read -r h; do [ -n "$h" ] && args+=(-H "$h"); done <<<"${5:-}"
+  [ -n "${5:-}" ] && args+=(-s "$5")
   local out before after
   before=($(cpu_ticks "$3"))
   out=$(wrk "${args[@]}" "$4")
@@ -199,7 +208,7 @@ run() { # scenario, server, pid, url, [header lines]
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errors=$(awk '/Socket errors/ {print}' <<<"$out" | tr -s ' ')
+  errors=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out" | tr -s ' ' | tr '\n' ' ')
   rss=$(ps -o rss= -p "$(processes "$3" | tr ' ' ,)" | awk '{s += $1} END {print s}')
   # The server's CPU per request, user and system, in microseconds.
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -224,7 +233,9 @@ for round in $(seq "$rounds"); do
   run origin "nginx proxy_pass" "$nginx_ref_pid" "http://127.0.0.1:$nginx_proxy/origin"
   run origin "pingora alone, proxy" "$bare_proxy_pid" "http://127.0.0.1:$bare_proxy/origin"
   run forward "poplar edge to region" "$edge_pid" "http://127.0.0.1:$edge/forwarded?name=wrk"
-  run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" "$(signed_headers)"
+  if wanted forward; then signatures "$work/signed.txt"; fi
+  export SIGNED_FILE="$work/signed.txt"
+  run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" scripts/signed.lua
 done
 
 # 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.

@@ -11,7 +11,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{
     ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
 };
-use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
+use pingora_core::services::{ServiceHandle, ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::watch;
 
 use pingora_core::apps::http_app::HttpServer;
@@ -122,53 +122,16 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         let reopen = Reopen { log: log.clone() };
         server.add_service(background_service("access log reopen", reopen));
     }
-    let counters = Arc::new(Counters::new(config.tasks.keys().map(String::as_str)));
-    let mut sources = Sources {
-        counters: counters.clone(),
-        latencies: None,
-        placer: None,
-        regions: None,
-        cache: None,
-        replays_refused: None,
-        in_flight: in_flight.clone(),
-        runtime: None,
-        access_log: access_log.clone(),
+    let shared = Shared {
+        counters: Arc::new(Counters::new(config.tasks.keys().map(String::as_str))),
+        in_flight,
+        access_log,
+        hand_over: &hand_over,
     };
-    match config.role {
-        Role::Edge => {
-            let edge = edge(config, source, counters, clock, in_flight, access_log)?;
-            sources = Sources {
-                latencies: Some(edge.latencies.clone()),
-                runtime: Some(edge.placer.runtime().clone()),
-                placer: Some(edge.placer.clone()),
-                regions: Some(edge.regions.clone()),
-                cache: Some(edge.cache.clone()),
-                ..sources
-            };
-            let (regions, client) = (edge.regions.clone(), edge.client.clone());
-            let conf = &server.configuration;
-            let mut service =
-                pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
-            service.add_tcp(&config.listen.to_string());
-            server.add_service(service).add_dependency(&hand_over);
-            if !regions.is_empty() {
-                let checker = HealthChecker::new(regions, client);
-                server.add_service(background_service("region health checks", checker));
-            }
-        }
-        Role::Region => {
-            let mut region = region(config, source)?;
-            region.in_flight = in_flight;
-            region.access_log = access_log;
-            sources.replays_refused = Some(region.replays.clone());
-            sources.runtime = Some(region.runtime().clone());
-            let conf = &server.configuration;
-            let mut service =
-                pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
-            service.add_tcp(&config.listen.to_string());
-            server.add_service(service).add_dependency(&hand_over);
-        }
-    }
+    let sources = match config.role {
+        Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
+        Role::Region => add_region(&mut server, config, source, shared)?,
+    };
     if let Some(admin) = config.admin {
         let mut service = Service::new(
             "poplar admin".to_string(),
@@ -178,6 +141,84 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         server.add_service(service).add_dependency(&hand_over);
     }
     Ok(server)
+}
+
+/// What a server has whatever its role.
+struct Shared<'a> {
+    counters: Arc<Counters>,
+    in_flight: InFlight,
+    access_log: Option<Arc<AccessLog>>,
+    /// The listening services start after it.
+    hand_over: &'a ServiceHandle,
+}
+
+/// The edge proxy and its regions' health checks; what its admin endpoint reports on.
+fn add_edge(
+    server: &mut Server,
+    config: &Config,
+    source: &Path,
+    shared: Shared<'_>,
+    clock: Clock,
+) -> Result<Sources, ConfigErrors> {
+    let (in_flight, access_log) = (shared.in_flight.clone(), shared.access_log.clone());
+    let edge = edge(
+        config,
+        source,
+        shared.counters.clone(),
+        clock,
+        in_flight,
+        access_log,
+    )?;
+    let sources = Sources {
+        counters: shared.counters,
+        latencies: Some(edge.latencies.clone()),
+        placer: Some(edge.placer.clone()),
+        regions: Some(edge.regions.clone()),
+        cache: Some(edge.cache.clone()),
+        replays_refused: None,
+        in_flight: shared.in_flight,
+        runtime: Some(edge.placer.runtime().clone()),
+        access_log: shared.access_log,
+    };
+    let (regions, client) = (edge.regions.clone(), edge.client.clone());
+    let conf = &server.configuration;
+    let mut service =
+        pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service).add_dependency(shared.hand_over);
+    if !regions.is_empty() {
+        let checker = HealthChecker::new(regions, client);
+        server.add_service(background_service("region health checks", checker));
+    }
+    Ok(sources)
+}
+
+/// The region proxy; what its admin endpoint reports on.
+fn add_region(
+    server: &mut Server,
+    config: &Config,
+    source: &Path,
+    shared: Shared<'_>,
+) -> Result<Sources, ConfigErrors> {
+    let mut region = region(config, source)?;
+    region.in_flight = shared.in_flight.clone();
+    region.access_log = shared.access_log.clone();
+    let sources = Sources {
+        counters: shared.counters,
+        latencies: None,
+        placer: None,
+        regions: None,
+        cache: None,
+        replays_refused: Some(region.replays.clone()),
+        in_flight: shared.in_flight,
+        runtime: Some(region.runtime().clone()),
+        access_log: shared.access_log,
+    };
+    let conf = &server.configuration;
+    let mut service = pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service).add_dependency(shared.hand_over);
+    Ok(sources)
 }
 
 /// Reopens the access log on `SIGUSR1`, as log rotation (logrotate's `postrotate`) asks.

@@ -19,7 +19,8 @@ use super::cached::{self, Phase};
 use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
 use super::{
-    RequestIds, forwarded_for, normalize_request, refuse_bad_framing, respond, strip_poplar_headers,
+    RequestIds, forwarded_for, forwarded_for_filed, normalize_request, refuse_bad_framing, respond,
+    strip_poplar_headers,
 };
 use crate::access_log::AccessLog;
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
@@ -75,6 +76,8 @@ pub struct Ctx {
     host: Option<String>,
     /// The route matched: its position in the config's `routes`.
     route: Option<usize>,
+    /// The client's address, as this edge's peer.
+    peer: Option<std::net::IpAddr>,
     /// This request's id in logs, the guest's included, and sent to a region with it: from
     /// `request_id_header` when the request has a usable one, else made here.
     request_id: Arc<str>,
@@ -274,7 +277,12 @@ impl Edge {
         };
         match cached::lookup(session, &self.parts.cache, cache_ctx).await? {
             Phase::Answered => Ok(true),
-            Phase::Refresh(cache_ctx) => {
+            Phase::Refresh(mut cache_ctx) => {
+                let (headers, trusted) = (
+                    &mut cache_ctx.filing.request.headers,
+                    &self.parts.trusted_proxies,
+                );
+                forwarded_for_filed(headers, ctx.peer, trusted);
                 self.refresh(route, cache_ctx);
                 Ok(true)
             }
@@ -379,11 +387,10 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
-        let peer = session
+        ctx.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        forwarded_for(session.req_header_mut(), peer, &self.parts.trusted_proxies)?;
         match normalize_request(session.req_header_mut()) {
             Ok(host) => ctx.host = host,
             Err(e) => {
@@ -406,6 +413,12 @@ impl ProxyHttp for Edge {
             ctx.answered = Some(Answered::Cache);
             return Ok(true);
         }
+        // The request goes on: to an origin, a region or a task.
+        forwarded_for(
+            session.req_header_mut(),
+            ctx.peer,
+            &self.parts.trusted_proxies,
+        )?;
         match &route.target {
             Target::Origin(addr) => {
                 ctx.answered = Some(Answered::Origin);

@@ -128,31 +128,130 @@ fn normalize_request(req: &mut RequestHeader) -> Result<Option<String>, String> 
 /// trusted proxy, its list (every line of it, in order) with the peer appended; from anyone
 /// else, the peer alone, and `Forwarded` and `X-Real-IP` dropped: a client cannot choose
 /// the address an origin believes it has.
+///
+/// Applied only to a request that goes on (upstream, to a task, or filed for a background
+/// refresh), not to one answered from the cache or refused: rewriting the header grows the
+/// parsed header map (callgrind: about 5,000 instructions a request, a tenth of a cache hit).
 fn forwarded_for(
     req: &mut RequestHeader,
     peer: Option<std::net::IpAddr>,
     trusted: &[ipnet::IpNet],
 ) -> pingora_error::Result<()> {
-    let trusted_peer = peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)));
-    let mut chain: Vec<String> = Vec::new();
-    if trusted_peer {
-        chain = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect();
-    } else {
-        req.remove_header("forwarded");
-        req.remove_header("x-real-ip");
+    let value = forwarded_value(&req.headers, peer, trusted);
+    for name in dropped_with(peer, trusted) {
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
     }
-    req.remove_header("x-forwarded-for");
-    if let Some(ip) = peer {
-        chain.push(ip.to_string());
-    }
-    if !chain.is_empty() {
-        req.insert_header("x-forwarded-for", chain.join(", "))?;
+    if let Some(value) = value {
+        req.insert_header(XFF.clone(), value)?;
     }
     Ok(())
+}
+
+/// [`forwarded_for`] on a request filed for a background refresh.
+fn forwarded_for_filed(
+    headers: &mut http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    trusted: &[ipnet::IpNet],
+) {
+    let value = forwarded_value(headers, peer, trusted);
+    for name in dropped_with(peer, trusted) {
+        headers.remove(name);
+    }
+    if let Some(value) = value.and_then(|v| http::HeaderValue::try_from(v).ok()) {
+        headers.insert(XFF.clone(), value);
+    }
+}
+
+static XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+
+fn is_trusted(peer: Option<std::net::IpAddr>, trusted: &[ipnet::IpNet]) -> bool {
+    peer.is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+}
+
+/// The headers replaced or dropped: `X-Forwarded-For` always; from an untrusted peer,
+/// `Forwarded` and `X-Real-IP` too.
+fn dropped_with(
+    peer: Option<std::net::IpAddr>,
+    trusted: &[ipnet::IpNet],
+) -> impl Iterator<Item = &'static http::HeaderName> {
+    let untrusted = !is_trusted(peer, trusted);
+    [&XFF, &http::header::FORWARDED, &REAL_IP]
+        .into_iter()
+        .enumerate()
+        .filter(move |(i, _)| *i == 0 || untrusted)
+        .map(|(_, name)| name)
+}
+
+/// The new `X-Forwarded-For`, if there is anything to say.
+fn forwarded_value(
+    headers: &http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    trusted: &[ipnet::IpNet],
+) -> Option<String> {
+    use std::fmt::Write;
+    let mut chain = String::new();
+    if is_trusted(peer, trusted) {
+        for value in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(value);
+        }
+    }
+    if let Some(ip) = peer {
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        let _ = write!(chain, "{ip}");
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    /// The same rewrite on a request going on and on one filed for a refresh.
+    #[test]
+    fn a_filed_request_gets_the_forwarded_for_a_live_one_does() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let sent = [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        for (peer, want, kept) in [
+            ("10.1.2.3", "1.2.3.4, 10.1.2.3", true),
+            ("192.0.2.9", "192.0.2.9", false),
+        ] {
+            let peer = Some(peer.parse().unwrap());
+            let mut filed = headers(&sent);
+            forwarded_for_filed(&mut filed, peer, &trusted);
+            let mut live = RequestHeader::build("GET", b"/", None).unwrap();
+            for (name, value) in sent {
+                live.append_header(name, value).unwrap();
+            }
+            forwarded_for(&mut live, peer, &trusted).unwrap();
+            for map in [&filed, &live.headers] {
+                assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+                assert_eq!(map["x-forwarded-for"], want);
+                assert_eq!(map.contains_key("forwarded"), kept);
+                assert_eq!(map.contains_key("x-real-ip"), kept);
+            }
+        }
+    }
 }
