@@ -249,31 +249,7 @@ impl NaiveOrigin {
 fn serve_naively(conn: TcpStream, seen: &Mutex<Vec<String>>) {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request_line = request_line.trim_end().to_string();
+    while let Some((request_line, _body)) = read_plain_request(&mut reader) {
         seen.lock().unwrap().push(request_line.clone());
         let answer = format!("{request_line}\n");
         let response = format!(
@@ -284,6 +260,34 @@ fn serve_naively(conn: TcpStream, seen: &Mutex<Vec<String>>) {
             return;
         }
     }
+}
+
+/// Reads one request as a naive server does: its request line (without the line end) and a
+/// body of its `Content-Length` when that is one plain number, else none. `None` at the end
+/// of the connection or on a read error.
+pub fn read_plain_request(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((request_line.trim_end().to_string(), body))
 }
 
 /// Sends raw bytes on a new connection and reads until the edge closes it or goes quiet.
