@@ -193,51 +193,57 @@ fn regions_health(regions: &Regions, encoder: &mut DescriptorEncoder<'_>) -> std
 
 fn cache_counters(cache: &Cache, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     let s = cache.stats();
-    let none = Vec::new;
-    counters(
-        encoder,
-        "cache_hits",
-        "Answers from the cache",
-        [(none(), s.hits)],
-    )?;
-    let help = "Cacheable requests not answered from the cache";
-    counters(encoder, "cache_misses", help, [(none(), s.misses)])?;
-    let help = "Requests that waited for another's fill of the same key";
-    counters(
-        encoder,
-        "cache_coalesced_waits",
-        help,
-        [(none(), s.coalesced_waits)],
-    )?;
-    counters(
-        encoder,
-        "cache_stores",
-        "Answers stored",
-        [(none(), s.stores)],
-    )?;
-    let help = "Entries evicted to make room";
-    counters(encoder, "cache_evictions", help, [(none(), s.evictions)])?;
-    let help = "Stale answers served (while revalidating or on error)";
-    counters(
-        encoder,
-        "cache_stale_served",
-        help,
-        [(none(), s.stale_served)],
-    )?;
-    let help = "Entries in the cache";
-    gauges(
-        encoder,
-        "cache_entries",
-        help,
-        None,
-        [(none(), s.entries as f64)],
-    )?;
-    let help = "Bytes the cache's entries take";
-    let bytes = [(none(), s.bytes_in_use as f64)];
-    gauges(encoder, "cache_size", help, Some(&Unit::Bytes), bytes)?;
-    let help = "The cache's configured size";
-    let limit = [(none(), s.bytes_limit as f64)];
-    gauges(encoder, "cache_limit", help, Some(&Unit::Bytes), limit)
+    let counted = [
+        ("cache_hits", "Answers from the cache", s.hits),
+        (
+            "cache_misses",
+            "Cacheable requests not answered from the cache",
+            s.misses,
+        ),
+        (
+            "cache_coalesced_waits",
+            "Requests that waited for another's fill of the same key",
+            s.coalesced_waits,
+        ),
+        ("cache_stores", "Answers stored", s.stores),
+        (
+            "cache_evictions",
+            "Entries evicted to make room",
+            s.evictions,
+        ),
+        (
+            "cache_stale_served",
+            "Stale answers served (while revalidating or on error)",
+            s.stale_served,
+        ),
+    ];
+    for (name, help, n) in counted {
+        counters(encoder, name, help, [(Vec::new(), n)])?;
+    }
+    let sized = [
+        (
+            "cache_entries",
+            "Entries in the cache",
+            None,
+            s.entries as f64,
+        ),
+        (
+            "cache_size",
+            "Bytes the cache's entries take",
+            Some(&Unit::Bytes),
+            s.bytes_in_use as f64,
+        ),
+        (
+            "cache_limit",
+            "The cache's configured size",
+            Some(&Unit::Bytes),
+            s.bytes_limit as f64,
+        ),
+    ];
+    for (name, help, unit, v) in sized {
+        gauges(encoder, name, help, unit, [(Vec::new(), v)])?;
+    }
+    Ok(())
 }
 
 fn counters(
@@ -246,14 +252,8 @@ fn counters(
     help: &str,
     samples: impl IntoIterator<Item = (Labels, u64)>,
 ) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, n) in samples {
-        match labels.is_empty() {
-            true => return ConstCounter::new(n).encode(family),
-            false => ConstCounter::new(n).encode(family.encode_family(&labels)?)?,
-        }
-    }
-    Ok(())
+    let samples = samples.into_iter().map(|(l, n)| (l, ConstCounter::new(n)));
+    family(encoder, name, help, None, MetricType::Counter, samples)
 }
 
 fn gauges(
@@ -263,11 +263,24 @@ fn gauges(
     unit: Option<&Unit>,
     samples: impl IntoIterator<Item = (Labels, f64)>,
 ) -> std::fmt::Result {
-    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, v) in samples {
+    let samples = samples.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(encoder, name, help, unit, MetricType::Gauge, samples)
+}
+
+/// One metric family: a sample without labels is the family's only one.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, unit, kind)?;
+    for (labels, metric) in samples {
         match labels.is_empty() {
-            true => return ConstGauge::new(v).encode(family),
-            false => ConstGauge::new(v).encode(family.encode_family(&labels)?)?,
+            true => return metric.encode(family),
+            false => metric.encode(family.encode_family(&labels)?)?,
         }
     }
     Ok(())
