@@ -2,16 +2,13 @@
 //! service, derive Pingora's own settings, and run it in the foreground or in a thread.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{
-    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
-use pingora_core::services::{ServiceHandle, ServiceReadyNotifier, ServiceWithDependents};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::ServiceHandle;
 use tokio::sync::watch;
 
 use pingora_core::apps::http_app::HttpServer;
@@ -30,6 +27,9 @@ use crate::proxy::{Edge, EdgeParts, RegionServer};
 use crate::regions::{HealthChecker, Regions};
 use crate::routing::Router;
 use crate::wasm::{self, Capacity, Runtime, Task};
+
+mod services;
+use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, Reopen};
 
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
@@ -52,50 +52,6 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
     };
     server.add_service(background_service("exit watchdog", watchdog));
     Ok(server)
-}
-
-/// How long past its drain a stopping server may take before the watchdog ends it.
-const EXIT_SLACK_SECS: u64 = 5;
-
-/// Once a shutdown has begun, ends the process as soon as no request is in flight (Pingora
-/// would sleep out the whole grace period however idle), and in any case if the shutdown
-/// has not finished well after its drain: Pingora 0.9.1's accept loop could spin on "the
-/// runtime is being shut down" errors, the process never exiting (fixed in the patched
-/// pingora-core, `vendor/README.md`; this stays as a second guard). Only for `poplar serve`:
-/// an in-process server must not end its host process.
-struct ExitWatchdog {
-    after: Duration,
-    in_flight: InFlight,
-}
-
-/// How often a stopping server looks for requests still in flight.
-const DRAIN_POLL: Duration = Duration::from_millis(50);
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for ExitWatchdog {
-    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-        let (after, in_flight) = (self.after, self.in_flight.clone());
-        std::thread::spawn(move || {
-            let began = Instant::now();
-            while began.elapsed() < after {
-                if in_flight.now() == 0 {
-                    log::info!(
-                        "no request in flight {:?} into the shutdown: exiting",
-                        began.elapsed()
-                    );
-                    std::process::exit(0);
-                }
-                std::thread::sleep(DRAIN_POLL);
-            }
-            log::error!("shutdown did not finish {after:?} after it began: exiting now");
-            std::process::exit(0);
-        });
-    }
 }
 
 /// How a server is built, beyond its config.
@@ -219,73 +175,6 @@ fn add_region(
     service.add_tcp(&config.listen.to_string());
     server.add_service(service).add_dependency(shared.hand_over);
     Ok(sources)
-}
-
-/// Reopens the access log on `SIGUSR1`, as log rotation (logrotate's `postrotate`) asks.
-struct Reopen {
-    log: Arc<AccessLog>,
-}
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for Reopen {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut usr1 = match signal(SignalKind::user_defined1()) {
-            Ok(usr1) => usr1,
-            Err(e) => return log::error!("cannot take SIGUSR1 for the access log: {e}"),
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                got = usr1.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    log::info!("SIGUSR1: reopening the access log");
-                    self.log.reopen();
-                }
-            }
-        }
-    }
-}
-
-/// Hands listeners bound before the server was built to Pingora: each goes into the table
-/// of listening sockets under its address, where Pingora's listener for that address takes
-/// it instead of binding (the table graceful upgrades fill). The listening services wait
-/// for this one, so the table is filled before any of them binds.
-struct HandOver {
-    listeners: Vec<TcpListener>,
-}
-
-#[async_trait::async_trait]
-impl ServiceWithDependents for HandOver {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        _shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-        ready: ServiceReadyNotifier,
-    ) {
-        for listener in self.listeners.drain(..) {
-            let (Some(fds), Ok(addr)) = (&fds, listener.local_addr()) else {
-                continue; // dropped: Pingora binds the address itself
-            };
-            if let Err(e) = listener.set_nonblocking(true) {
-                log::warn!("listener on {addr}: {e}; Pingora binds it anew");
-                continue;
-            }
-            fds.lock().add(addr.to_string(), listener.into_raw_fd());
-        }
-        ready.notify_ready();
-    }
-
-    fn name(&self) -> &str {
-        "listener hand-over"
-    }
-
-    fn threads(&self) -> Option<usize> {
-        Some(1)
-    }
 }
 
 /// The access log, opened now: a file that cannot be opened is an error at start.

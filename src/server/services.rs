@@ -1,0 +1,124 @@
+//! The services a Poplar server adds to Pingora's beside its proxies: the hand-over of
+//! listeners bound beforehand, the exit watchdog of a stop, and the access log's reopening.
+
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
+
+use crate::access_log::AccessLog;
+use crate::metrics::InFlight;
+
+/// How long past its drain a stopping server may take before the watchdog ends it.
+pub(super) const EXIT_SLACK_SECS: u64 = 5;
+
+/// Once a shutdown has begun, ends the process as soon as no request is in flight (Pingora
+/// would sleep out the whole grace period however idle), and in any case if the shutdown
+/// has not finished well after its drain: Pingora 0.9.1's accept loop could spin on "the
+/// runtime is being shut down" errors, the process never exiting (fixed in the patched
+/// pingora-core, `vendor/README.md`; this stays as a second guard). Only for `poplar serve`:
+/// an in-process server must not end its host process.
+pub(super) struct ExitWatchdog {
+    pub(super) after: Duration,
+    pub(super) in_flight: InFlight,
+}
+
+/// How often a stopping server looks for requests still in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for ExitWatchdog {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let (after, in_flight) = (self.after, self.in_flight.clone());
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            while began.elapsed() < after {
+                if in_flight.now() == 0 {
+                    log::info!(
+                        "no request in flight {:?} into the shutdown: exiting",
+                        began.elapsed()
+                    );
+                    std::process::exit(0);
+                }
+                std::thread::sleep(DRAIN_POLL);
+            }
+            log::error!("shutdown did not finish {after:?} after it began: exiting now");
+            std::process::exit(0);
+        });
+    }
+}
+
+/// Reopens the access log on `SIGUSR1`, as log rotation (logrotate's `postrotate`) asks.
+pub(super) struct Reopen {
+    pub(super) log: Arc<AccessLog>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Reopen {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(usr1) => usr1,
+            Err(e) => return log::error!("cannot take SIGUSR1 for the access log: {e}"),
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = usr1.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    log::info!("SIGUSR1: reopening the access log");
+                    self.log.reopen();
+                }
+            }
+        }
+    }
+}
+
+/// Hands listeners bound before the server was built to Pingora: each goes into the table
+/// of listening sockets under its address, where Pingora's listener for that address takes
+/// it instead of binding (the table graceful upgrades fill). The listening services wait
+/// for this one, so the table is filled before any of them binds.
+pub(super) struct HandOver {
+    pub(super) listeners: Vec<TcpListener>,
+}
+
+#[async_trait::async_trait]
+impl ServiceWithDependents for HandOver {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        _shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        for listener in self.listeners.drain(..) {
+            let (Some(fds), Ok(addr)) = (&fds, listener.local_addr()) else {
+                continue; // dropped: Pingora binds the address itself
+            };
+            if let Err(e) = listener.set_nonblocking(true) {
+                log::warn!("listener on {addr}: {e}; Pingora binds it anew");
+                continue;
+            }
+            fds.lock().add(addr.to_string(), listener.into_raw_fd());
+        }
+        ready.notify_ready();
+    }
+
+    fn name(&self) -> &str {
+        "listener hand-over"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}
