@@ -86,14 +86,25 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
         let resp = client().get(format!("{}{path}", edge.base)).send().await;
         assert_eq!(resp.unwrap().status(), 200, "{path}");
     }
-    let resp = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(header(&resp, "content-type").starts_with("application/openmetrics-text"));
-    let text = resp.text().await.unwrap();
+    // A request is counted in its logging phase, just after its response went out: scrape
+    // once none is in flight.
+    let mut scrapes = 0;
+    let (resp, text) = loop {
+        let resp = client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let ct = header(&resp, "content-type");
+        let (status, text) = (resp.status(), resp.text().await.unwrap());
+        scrapes += 1;
+        if text.contains("poplar_requests_in_flight 0.0") || scrapes == 200 {
+            break ((status, ct), text);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(resp.0, 200);
+    assert!(resp.1.starts_with("application/openmetrics-text"));
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
