@@ -191,8 +191,7 @@ fn forwarded_value(
     peer: Option<std::net::IpAddr>,
     trusted: &[ipnet::IpNet],
 ) -> Option<String> {
-    use std::fmt::Write;
-    let mut chain = String::new();
+    let mut chain = String::with_capacity(16);
     if is_trusted(peer, trusted) {
         for value in headers.get_all(&XFF).iter().filter_map(|v| v.to_str().ok()) {
             if !chain.is_empty() {
@@ -205,9 +204,35 @@ fn forwarded_value(
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        let _ = write!(chain, "{ip}");
+        push_ip(&mut chain, ip);
     }
     (!chain.is_empty()).then_some(chain)
+}
+
+/// Appends an address as `Display` writes it; an IPv4 one by hand, as `fmt` costs about
+/// 1,600 instructions on every request that goes on (callgrind).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                let (hundreds, tens) = (octet / 100, octet / 10 % 10);
+                if hundreds > 0 {
+                    out.push(char::from(b'0' + hundreds));
+                }
+                if hundreds > 0 || tens > 0 {
+                    out.push(char::from(b'0' + tens));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,6 +248,27 @@ mod tests {
             );
         }
         map
+    }
+
+    proptest::proptest! {
+        /// An address reads as `Display` writes it.
+        #[test]
+        fn an_address_is_written_as_display_writes_it(bits: u32, v6: u128) {
+            for ip in [std::net::IpAddr::from(bits.to_be_bytes()), std::net::IpAddr::from(v6.to_be_bytes())] {
+                let mut text = String::from("x");
+                push_ip(&mut text, ip);
+                proptest::prop_assert_eq!(text, format!("x{ip}"));
+            }
+        }
+    }
+
+    #[test]
+    fn short_octets_are_written_without_leading_zeros() {
+        for text in ["0.0.0.0", "10.0.9.100", "255.255.255.255", "1.20.0.99"] {
+            let mut out = String::new();
+            push_ip(&mut out, text.parse().unwrap());
+            assert_eq!(out, text);
+        }
     }
 
     /// The same rewrite on a request going on and on one filed for a refresh.

@@ -353,7 +353,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // Poplar patch: room for the headers a proxy adds (such as
+                            // X-Forwarded-For), so adding one does not regrow both maps.
+                            Some(req.headers.len() + 2),
                         )?);
 
                         request_header.set_version(match req.version {
