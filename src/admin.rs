@@ -2,7 +2,9 @@
 //! where each task's requests ran and why, response times by where requests were answered,
 //! each task's heat and residency, each region's health and latency, and the cache's
 //! counters; `GET /metrics` the same for Prometheus ([`crate::exposition`]); `POST /purge`
-//! drops cache entries.
+//! drops cache entries. With a token (`admin.token_file` or `POPLAR_ADMIN_TOKEN`), every
+//! request but a `GET` needs it as `Authorization: Bearer` (401 without, 403 with another),
+//! and with `guard_reads` the `GET`s too.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +12,10 @@ use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use sha2::{Digest, Sha256};
+
 use crate::cache::{CacheStats, Purge};
+use crate::config::AdminSpec;
 use crate::exposition;
 use crate::metrics::LatencySnapshot;
 use crate::placement::TaskStatus;
@@ -21,6 +26,19 @@ pub use crate::exposition::Sources;
 pub struct Admin {
     sources: Sources,
     registry: prometheus_client::registry::Registry,
+    /// The bearer token's digest: requests are checked by comparing digests, so the time a
+    /// comparison takes says nothing about the token.
+    token: Option<[u8; 32]>,
+    guard_reads: bool,
+}
+
+/// Whether a request may do what it asks.
+enum Access {
+    Allowed,
+    /// No `Authorization: Bearer`: 401.
+    Unauthenticated,
+    /// A token, not this endpoint's: 403.
+    Forbidden,
 }
 
 #[derive(serde::Serialize)]
@@ -36,9 +54,32 @@ struct Stats {
 }
 
 impl Admin {
-    pub fn new(sources: Sources) -> Admin {
+    pub fn new(sources: Sources, spec: &AdminSpec) -> Admin {
         let registry = exposition::registry(sources.clone());
-        Admin { sources, registry }
+        Admin {
+            sources,
+            registry,
+            token: spec.token.as_ref().map(|t| Sha256::digest(&t.0).into()),
+            guard_reads: spec.guard_reads,
+        }
+    }
+
+    fn access(&self, req: &pingora_http::RequestHeader) -> Access {
+        let Some(token) = &self.token else {
+            return Access::Allowed;
+        };
+        let given = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim());
+        match given {
+            None => Access::Unauthenticated,
+            Some(given) if Sha256::digest(given.as_bytes()).as_slice() == token => Access::Allowed,
+            Some(_) => Access::Forbidden,
+        }
     }
 
     fn stats(&self) -> Stats {
@@ -118,11 +159,34 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec
     response.unwrap_or_else(|_| http::Response::new(Vec::new()))
 }
 
+fn refuse(access: Access) -> Option<http::Response<Vec<u8>>> {
+    let response = match access {
+        Access::Allowed => return None,
+        Access::Unauthenticated => http::Response::builder()
+            .status(401)
+            .header("www-authenticate", "Bearer realm=\"poplar admin\""),
+        Access::Forbidden => http::Response::builder().status(403),
+    };
+    let body = b"this needs the admin token: Authorization: Bearer TOKEN\n".to_vec();
+    let response = response
+        .header("content-type", "text/plain")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body);
+    Some(response.unwrap_or_else(|_| http::Response::new(Vec::new())))
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
         let query = req.uri.query().unwrap_or_default().to_string();
+        let changes = req.method != http::Method::GET && req.method != http::Method::HEAD;
+        if (changes || self.guard_reads)
+            && let Some(refused) = refuse(self.access(req))
+        {
+            return refused;
+        }
         match (req.method.as_str(), req.uri.path()) {
             ("GET", "/stats") => match serde_json::to_vec_pretty(&self.stats()) {
                 Ok(json) => respond(200, "application/json", json),

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 use std::time::Duration;
 
 use crate::config::{
-    CacheSpec, Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch, PlacementSpec,
-    RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
+    AdminSpec, CacheSpec, Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch,
+    PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
 };
 use crate::server::Running;
 
@@ -271,7 +271,12 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         role: Role::Edge,
         listen: addrs.edge,
         threads: 2,
-        admin: Some(addrs.admin),
+        admin: Some(AdminSpec {
+            listen: addrs.admin,
+            token_file: None,
+            token: None,
+            guard_reads: false,
+        }),
         key_source: None,
         trusted_proxies: Vec::new(),
         request_id_header: None,

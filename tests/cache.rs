@@ -799,3 +799,52 @@ async fn a_refresh_fails_over_to_another_region_as_a_forward_does() {
     }
     drop(west);
 }
+
+/// With a token, `POST /purge` needs it (401 without, 403 with another); the reads stay
+/// open unless `guard_reads`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_token_guards_changes_and_with_guard_reads_the_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    let token = "test-admin-token-0123456789";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    for guard_reads in [false, true] {
+        let admin = free_addr();
+        let _edge = start_edge(&format!(
+            "role: edge\nlisten: LISTEN\nthreads: 1\nadmin: {{ listen: \"{admin}\", token_file: {:?}, guard_reads: {guard_reads} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: 127.0.0.1:9\n",
+            token_file.display().to_string()
+        ));
+        let ask = |method: reqwest::Method, path: &str, bearer: Option<&str>| {
+            let mut req = client().request(method, format!("http://{admin}{path}"));
+            if let Some(bearer) = bearer {
+                req = req.bearer_auth(bearer);
+            }
+            req.send()
+        };
+        let open = ask(reqwest::Method::POST, "/purge?prefix=/", None)
+            .await
+            .unwrap();
+        assert_eq!(open.status(), 401);
+        assert_eq!(
+            header(&open, "www-authenticate"),
+            "Bearer realm=\"poplar admin\""
+        );
+        let wrong = ask(
+            reqwest::Method::POST,
+            "/purge?prefix=/",
+            Some("not-the-token"),
+        );
+        assert_eq!(wrong.await.unwrap().status(), 403);
+        let right = ask(reqwest::Method::POST, "/purge?prefix=/", Some(token));
+        assert_eq!(right.await.unwrap().status(), 200);
+        for path in ["/stats", "/metrics"] {
+            let bare = ask(reqwest::Method::GET, path, None)
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(bare, if guard_reads { 401 } else { 200 }, "{path}");
+            let with = ask(reqwest::Method::GET, path, Some(token)).await.unwrap();
+            assert_eq!(with.status(), 200, "{path}");
+        }
+    }
+}

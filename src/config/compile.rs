@@ -12,8 +12,9 @@ use super::schema::{self, File};
 use super::source::{Reported, join};
 use super::units::Dur;
 use super::{
-    AccessLogSpec, CacheSpec, Config, HealthSpec, KeySource, Limits, LogTarget, Match, Mode,
-    PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
+    AccessLogSpec, AdminSpec, CacheSpec, Config, DEFAULT_ADMIN, HealthSpec, KeySource, Limits,
+    LogTarget, Match, Mode, PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec,
+    Target, TaskSpec,
 };
 
 /// Most inline executions one server may run at once (each reserves pool address space).
@@ -88,7 +89,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         threads,
         guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
         grace_period: grace_period(file.grace_period, &tasks, r),
-        admin: file.admin.map(|a| a.listen),
+        admin: file.admin.map(|a| admin(a, base)),
         access_log: file.access_log.and_then(|a| access_log(a, base, r)),
         key_source,
         forwarding_key: None,
@@ -112,12 +113,21 @@ fn listen(file: &File, r: &mut Reported) -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 0))
     });
     if let Some(admin) = &file.admin
-        && admin.listen == listen
+        && admin.listen.unwrap_or(DEFAULT_ADMIN) == listen
     {
         let message = "is the same address as listen: one address, one listener";
         r.error("admin.listen", message);
     }
     listen
+}
+
+fn admin(admin: schema::Admin, base: &Path) -> AdminSpec {
+    AdminSpec {
+        listen: admin.listen.unwrap_or(DEFAULT_ADMIN),
+        token_file: admin.token_file.map(|f| base.join(f)),
+        token: None,
+        guard_reads: admin.guard_reads.unwrap_or(false),
+    }
 }
 
 fn access_log(log: schema::AccessLog, base: &Path, r: &mut Reported) -> Option<AccessLogSpec> {

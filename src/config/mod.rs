@@ -39,8 +39,8 @@ pub struct Config {
     pub grace_period: std::time::Duration,
     /// Where request lines go, if anywhere.
     pub access_log: Option<AccessLogSpec>,
-    /// Where the admin endpoint (`/stats`) listens, if anywhere.
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoint (`/stats`, `/metrics`, `/purge`), if any.
+    pub admin: Option<AdminSpec>,
     /// Where the forwarding key comes from: set for an edge with regions and a region.
     pub key_source: Option<KeySource>,
     /// The key edges sign forwarded requests with and regions check, once [`prepare`]d.
@@ -80,6 +80,35 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// The admin endpoint: where it listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSpec {
+    pub listen: SocketAddr,
+    /// `admin.token_file`, resolved against the config's folder; else [`ADMIN_TOKEN_ENV`].
+    pub token_file: Option<PathBuf>,
+    /// The bearer token, once [`prepare`]d: `POST /purge` needs it (and the reads, with
+    /// `guard_reads`). None: the endpoint is open, which only a loopback one may be.
+    pub token: Option<Secret>,
+    pub guard_reads: bool,
+}
+
+/// Where the admin endpoint listens when `admin.listen` is not given.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+
+/// The environment variable holding the admin token when no `token_file` is given.
+pub const ADMIN_TOKEN_ENV: &str = "POPLAR_ADMIN_TOKEN";
+
+/// A bearer token, kept out of `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 /// Where a forwarding key is read from.
@@ -405,10 +434,55 @@ pub fn prepare(
         }
         config.forwarding_key = Some(ForwardingKey(key));
     }
+    if let Some(admin) = &mut config.admin {
+        admin.token = admin_token(admin, &env, &mut errors);
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(errors)
+    }
+}
+
+/// The admin endpoint's token, from its file or the environment; an error where the
+/// endpoint needs one and has none.
+fn admin_token(
+    admin: &AdminSpec,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Secret> {
+    let token = match &admin.token_file {
+        Some(file) => match std::fs::read(file) {
+            Ok(bytes) => Some(("admin.token_file", bytes.trim_ascii().to_vec())),
+            Err(e) => {
+                let message = format!("cannot read {:?}: {e}", file.display().to_string());
+                errors.push(ConfigError::new("admin.token_file", message));
+                return None;
+            }
+        },
+        None => env(ADMIN_TOKEN_ENV).map(|t| ("admin", t.trim().as_bytes().to_vec())),
+    };
+    let needed_by = if admin.guard_reads {
+        Some(("admin.guard_reads", "guarded reads need a token"))
+    } else if !admin.listen.ip().is_loopback() {
+        let why = "an admin endpoint off loopback needs a token (it can purge the cache)";
+        Some(("admin.listen", why))
+    } else {
+        None
+    };
+    match (token, needed_by) {
+        (Some((path, token)), _) if token.len() < MIN_KEY_BYTES => {
+            let message = format!("the admin token must be at least {MIN_KEY_BYTES} bytes");
+            errors.push(ConfigError::new(path, message));
+            None
+        }
+        (Some((_, token)), _) => Some(Secret(token)),
+        (None, Some((path, why))) => {
+            let message = format!("{why}: set admin.token_file or {ADMIN_TOKEN_ENV}");
+            errors.push(ConfigError::new(path, message));
+            None
+        }
+        (None, None) => None,
     }
 }
 

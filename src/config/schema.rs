@@ -83,11 +83,17 @@ impl From<LogLevel> for log::Level {
     }
 }
 
-/// The admin endpoint (`/stats`, `/purge`).
+/// The admin endpoint (`/stats`, `/metrics`, `/purge`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    pub listen: SocketAddr,
+    /// `ip:port` (default `127.0.0.1:9901`, loopback).
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token `POST /purge` needs, relative to the config's folder
+    /// (else `POPLAR_ADMIN_TOKEN`, if set). Required for a listener off loopback.
+    pub token_file: Option<String>,
+    /// Whether `GET /stats` and `GET /metrics` need the token too (default false).
+    pub guard_reads: Option<bool>,
 }
 
 /// The access log.

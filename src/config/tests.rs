@@ -284,3 +284,47 @@ fn every_example_config_matches_the_json_schema() {
         source::Document::parse("role: edge\nlisten: 1.2.3.4:5\ncolour: blue\n").expect("YAML");
     assert!(!validator.is_valid(&bad.value));
 }
+
+#[test]
+fn an_admin_endpoint_off_loopback_or_guarding_reads_needs_a_token() {
+    let edge = "role: edge\nlisten: 127.0.0.1:8080\nroutes:\n  - match: { path_prefix: / }\n    origin: 127.0.0.1:9\n";
+    let prepared = |admin: &str, env: Option<&str>| {
+        let config =
+            compile(&format!("{edge}admin: {admin}\n"), Path::new("/base")).expect("compiles");
+        let env = env.map(str::to_string);
+        prepare(config, move |name| {
+            env.clone().filter(|_| name == ADMIN_TOKEN_ENV)
+        })
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let open = prepared("{}", None).expect("a loopback endpoint may be open");
+    let admin = open.admin.expect("admin");
+    assert_eq!(admin.listen, DEFAULT_ADMIN);
+    assert!(admin.token.is_none());
+    assert_eq!(
+        prepared("{ listen: \"0.0.0.0:9901\" }", None).unwrap_err(),
+        [
+            "admin.listen: an admin endpoint off loopback needs a token (it can purge the cache): set admin.token_file or POPLAR_ADMIN_TOKEN"
+        ]
+    );
+    assert_eq!(
+        prepared("{ guard_reads: true }", None).unwrap_err(),
+        [
+            "admin.guard_reads: guarded reads need a token: set admin.token_file or POPLAR_ADMIN_TOKEN"
+        ]
+    );
+    assert_eq!(
+        prepared("{ token_file: no/such/token }", None).unwrap_err(),
+        [
+            "admin.token_file: cannot read \"/base/no/such/token\": No such file or directory (os error 2)"
+        ]
+    );
+    assert_eq!(
+        prepared("{}", Some("short")).unwrap_err(),
+        ["admin: the admin token must be at least 16 bytes"]
+    );
+    let token = "0123456789abcdef-admin";
+    let guarded = prepared("{ listen: \"0.0.0.0:9901\" }", Some(token)).expect("a token");
+    let token = guarded.admin.and_then(|a| a.token);
+    assert_eq!(token, Some(Secret(b"0123456789abcdef-admin".to_vec())));
+}

@@ -88,12 +88,12 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
         Role::Region => add_region(&mut server, config, source, shared)?,
     };
-    if let Some(admin) = config.admin {
+    if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "poplar admin".to_string(),
-            HttpServer::new_app(Admin::new(sources)),
+            HttpServer::new_app(Admin::new(sources, admin)),
         );
-        service.add_tcp(&admin.to_string());
+        service.add_tcp(&admin.listen.to_string());
         server.add_service(service).add_dependency(&hand_over);
     }
     Ok(server)
@@ -370,18 +370,19 @@ pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let listeners = [
         ("listen", Some(config.listen)),
-        ("admin.listen", config.admin),
+        ("admin.listen", config.admin.as_ref().map(|a| a.listen)),
     ];
     for (key, addr) in listeners.into_iter().filter_map(|(k, a)| Some((k, a?))) {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             problems.push(format!("cannot listen on {addr} ({key}): {e}"));
         }
     }
-    if let Some(admin) = config.admin
-        && admin.ip().is_unspecified()
+    if let Some(admin) = config.admin.as_ref().filter(|a| !a.guard_reads)
+        && !admin.listen.ip().is_loopback()
     {
         log::warn!(
-            "the admin endpoint listens on {admin}: every network that reaches this host can read /stats and purge the cache"
+            "the admin endpoint listens on {}: every network that reaches it can read /stats and /metrics (admin.guard_reads: true to need the token)",
+            admin.listen
         );
     }
     match problems.is_empty() {

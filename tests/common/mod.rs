@@ -59,7 +59,7 @@ pub fn released_addr() -> SocketAddr {
 
 /// Starts `config` on the listeners [`free_addr`] reserved for its addresses.
 pub fn start(config: &poplar::config::Config) -> Running {
-    let wanted = [Some(config.listen), config.admin];
+    let wanted = [Some(config.listen), config.admin.as_ref().map(|a| a.listen)];
     let listeners = {
         let mut reserved = RESERVED.lock().unwrap();
         let (mine, rest) = reserved
