@@ -7,6 +7,7 @@
 //! and with `guard_reads` the `GET`s too.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::http_app::ServeHttp;
@@ -15,7 +16,7 @@ use pingora_core::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheStats, Purge};
-use crate::config::AdminSpec;
+use crate::config::{AdminSpec, ConfigErrors};
 use crate::exposition;
 use crate::metrics::LatencySnapshot;
 use crate::placement::TaskStatus;
@@ -23,8 +24,15 @@ use crate::regions::RegionStatus;
 
 pub use crate::exposition::Sources;
 
+/// What `POST /reload` calls: reads, checks and swaps in the config file again.
+pub trait Reload: Send + Sync {
+    /// What changed; or every problem found, and the config in force goes on.
+    fn reload(&self) -> Result<serde_json::Value, ConfigErrors>;
+}
+
 pub struct Admin {
     sources: Sources,
+    reload: Option<Arc<dyn Reload>>,
     registry: prometheus_client::registry::Registry,
     /// The bearer token's digest: requests are checked by comparing digests, so the time a
     /// comparison takes says nothing about the token.
@@ -54,10 +62,11 @@ struct Stats {
 }
 
 impl Admin {
-    pub fn new(sources: Sources, spec: &AdminSpec) -> Admin {
+    pub fn new(sources: Sources, spec: &AdminSpec, reload: Option<Arc<dyn Reload>>) -> Admin {
         let registry = exposition::registry(sources.clone());
         Admin {
             sources,
+            reload,
             registry,
             token: spec.token.as_ref().map(|t| Sha256::digest(&t.0).into()),
             guard_reads: spec.guard_reads,
@@ -92,16 +101,47 @@ impl Admin {
                 .map(|l| l.snapshot())
                 .unwrap_or_default(),
             tasks: s
-                .placer
+                .live
                 .as_ref()
-                .map(|p| p.status().into_iter().collect())
+                .map(|l| l.load().placer.status().into_iter().collect())
                 .unwrap_or_default(),
-            regions: s.regions.as_ref().map(|r| r.status()).unwrap_or_default(),
+            regions: s
+                .live
+                .as_ref()
+                .map(|l| l.load().regions.status())
+                .unwrap_or_default(),
             cache: s.cache.as_ref().map(|c| c.stats()),
             replays_refused: s
                 .replays_refused
                 .as_ref()
                 .map(|n| n.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+
+    /// `POST /reload`: 200 and what changed, or 422 and every problem in the file.
+    async fn reload(&self) -> http::Response<Vec<u8>> {
+        let Some(reload) = self.reload.clone() else {
+            return respond(
+                404,
+                "text/plain",
+                b"no reload here: only an edge reloads\n".to_vec(),
+            );
+        };
+        match tokio::task::spawn_blocking(move || reload.reload()).await {
+            Ok(Ok(reloaded)) => {
+                let mut json = serde_json::to_vec_pretty(&reloaded).unwrap_or_default();
+                json.push(b'\n');
+                respond(200, "application/json", json)
+            }
+            Ok(Err(errors)) => {
+                log::error!("reload refused, the config in force goes on: {errors}");
+                respond(422, "text/plain", errors.to_string().into_bytes())
+            }
+            Err(e) => respond(
+                500,
+                "text/plain",
+                format!("the reload failed: {e}\n").into_bytes(),
+            ),
         }
     }
 
@@ -196,16 +236,17 @@ impl ServeHttp for Admin {
                 Ok(text) => respond(200, exposition::CONTENT_TYPE, text.into_bytes()),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
-            ("POST", "/purge") if from_a_browser_elsewhere(req) => respond(
+            ("POST", "/purge" | "/reload") if from_a_browser_elsewhere(req) => respond(
                 403,
                 "text/plain",
                 b"cross-origin requests may not change state here\n".to_vec(),
             ),
             ("POST", "/purge") => self.purge(&query),
+            ("POST", "/reload") => self.reload().await,
             _ => respond(
                 404,
                 "text/plain",
-                b"try GET /stats, GET /metrics or POST /purge\n".to_vec(),
+                b"try GET /stats, GET /metrics, POST /purge or POST /reload\n".to_vec(),
             ),
         }
     }

@@ -8,6 +8,8 @@
 //! request's path.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
@@ -21,6 +23,7 @@ use crate::access_log::AccessLog;
 use crate::cache::Cache;
 use crate::metrics::{Counters, InFlight, Latencies};
 use crate::placement::Placer;
+use crate::proxy::EdgeLive as Live;
 use crate::regions::Regions;
 use crate::wasm::Runtime;
 
@@ -30,8 +33,8 @@ use crate::wasm::Runtime;
 pub struct Sources {
     pub counters: Arc<Counters>,
     pub latencies: Option<Arc<Latencies>>,
-    pub placer: Option<Arc<Placer>>,
-    pub regions: Option<Arc<Regions>>,
+    /// At an edge: the config in force (placement state, regions), which a reload replaces.
+    pub live: Option<Arc<ArcSwap<Live>>>,
     pub cache: Option<Arc<Cache>>,
     /// At a region: replayed edge signatures refused.
     pub replays_refused: Option<Arc<AtomicU64>>,
@@ -83,11 +86,12 @@ impl Collector for Sources {
         if let Some(latencies) = &self.latencies {
             response_times(latencies, &mut encoder)?;
         }
-        if let Some(placer) = &self.placer {
-            tasks(placer, &mut encoder)?;
-        }
-        if let Some(regions) = self.regions.as_ref().filter(|r| !r.is_empty()) {
-            regions_health(regions, &mut encoder)?;
+        if let Some(live) = &self.live {
+            let live = live.load();
+            tasks(&live.placer, &mut encoder)?;
+            if !live.regions.is_empty() {
+                regions_health(&live.regions, &mut encoder)?;
+            }
         }
         if let Some(cache) = &self.cache {
             cache_counters(cache, &mut encoder)?;

@@ -22,22 +22,34 @@ fn slot(site: Site, reason: Reason) -> usize {
     s * Reason::ALL.len() + r
 }
 
-/// Per task, a count for each site and reason.
+/// Per task, a count for each site and reason. A reload adds the tasks it brings
+/// ([`Counters::add`]); a task's counts go on across reloads (Prometheus counters do not
+/// reset), and those of a task a reload removed stay as they were.
 pub struct Counters {
-    tasks: HashMap<String, [AtomicU64; SLOTS]>,
+    tasks: arc_swap::ArcSwap<HashMap<String, Arc<[AtomicU64; SLOTS]>>>,
 }
 
 impl Counters {
     pub fn new<'a>(tasks: impl IntoIterator<Item = &'a str>) -> Counters {
-        let tasks = tasks
-            .into_iter()
-            .map(|t| (t.to_string(), std::array::from_fn(|_| AtomicU64::new(0))))
-            .collect();
-        Counters { tasks }
+        let counters = Counters {
+            tasks: arc_swap::ArcSwap::default(),
+        };
+        counters.add(tasks);
+        counters
+    }
+
+    /// Counts for these tasks too, from zero (those it has keep theirs).
+    pub fn add<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) {
+        let mut all = HashMap::clone(&self.tasks.load());
+        for task in tasks {
+            all.entry(task.to_string())
+                .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        }
+        self.tasks.store(Arc::new(all));
     }
 
     pub fn count(&self, task: &str, site: Site, reason: Reason) {
-        if let Some(counts) = self.tasks.get(task) {
+        if let Some(counts) = self.tasks.load().get(task) {
             counts[slot(site, reason)].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -45,6 +57,7 @@ impl Counters {
     /// `{task: {"edge/hot": n, "region/cold": n, ...}}`, non-zero counts only.
     pub fn snapshot(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.tasks
+            .load()
             .iter()
             .map(|(task, counts)| {
                 let mut by_key = BTreeMap::new();

@@ -429,3 +429,59 @@ fn the_access_log_has_a_line_per_request_and_sigusr1_reopens_it() {
         .status();
     assert!(wait_for_exit(&mut child).success());
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_leaves_the_old_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = released_addr();
+    let dist = tasks_dir();
+    let with = |task: &str| {
+        format!(
+            "role: edge\nlisten: \"{addr}\"\nthreads: 1\ntasks:\n  hello: {{ wasm: {} }}\n  echo: {{ wasm: {} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: {task}\n",
+            dist.join("hello.wasm").display(),
+            dist.join("echo.wasm").display()
+        )
+    };
+    let file = write_config(dir.path(), &with("hello"));
+    let log = dir.path().join("stderr.log");
+    let mut child = poplar()
+        .args(["serve", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let body = || reqwest::blocking_get(format!("http://{addr}/x?name=y"));
+    wait_for("hello", || body().is_ok_and(|b| b.starts_with("Hello, y!")));
+    let hup = |child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    write_config(dir.path(), &with("echo"));
+    hup(&child);
+    // echo answers a GET with its (empty) body.
+    wait_for("echo after SIGHUP", || body().is_ok_and(|b| b.is_empty()));
+
+    write_config(dir.path(), &with("nothere"));
+    hup(&child);
+    wait_for("the refusal logged", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload refused"))
+    });
+    assert!(child.try_wait().unwrap().is_none(), "still serving");
+    assert_eq!(body().unwrap(), "", "the config in force goes on");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("unknown task \"nothere\""), "{logged}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(wait_for_exit(&mut child).success());
+}

@@ -6,18 +6,30 @@
 //! and still finishes under full load, only later (docs/BENCHMARKS.md: hello inline p99
 //! 3.3 ms alone, 9 ms beside a compile loop at nice 0, 4-5 ms beside one at nice 19).
 
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread that runs compile jobs in the order given, with its own rayon pool for the
-/// parallel part, every thread of both at nice 19.
+/// parallel part, every thread of both at nice 19. The thread starts with the first job.
 pub struct Compiler {
-    jobs: mpsc::Sender<Job>,
+    jobs: OnceLock<mpsc::Sender<Job>>,
 }
 
 impl Compiler {
-    pub fn start() -> Compiler {
+    pub fn new() -> Compiler {
+        Compiler {
+            jobs: OnceLock::new(),
+        }
+    }
+
+    /// Queues `job`; `false` if there is no compile thread to run it.
+    pub fn submit(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        let jobs = self.jobs.get_or_init(Compiler::start);
+        jobs.send(Box::new(job)).is_ok()
+    }
+
+    fn start() -> mpsc::Sender<Job> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("poplar-compile".into())
@@ -46,12 +58,13 @@ impl Compiler {
             // The queue's end is gone with the closure: `submit` reports every job refused.
             log::error!("cannot start the compile thread: {e}");
         }
-        Compiler { jobs }
+        jobs
     }
+}
 
-    /// Queues `job`; `false` if there is no compile thread to run it.
-    pub fn submit(&self, job: impl FnOnce() + Send + 'static) -> bool {
-        self.jobs.send(Box::new(job)).is_ok()
+impl Default for Compiler {
+    fn default() -> Self {
+        Compiler::new()
     }
 }
 
@@ -82,7 +95,7 @@ mod tests {
     #[test]
     fn jobs_run_in_order_at_the_lowest_priority_on_threads_of_their_own() {
         let ours = nice_of_this_thread();
-        let compiler = Compiler::start();
+        let compiler = Compiler::new();
         let (tx, rx) = mpsc::channel();
         for i in 0..3 {
             let tx = tx.clone();

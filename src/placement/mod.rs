@@ -50,8 +50,9 @@ pub struct Placer {
     /// When the admission floor was last computed, and its value (none at start: the set is
     /// empty).
     floor: Mutex<(Instant, Option<f64>)>,
-    /// Promotions compile there, one at a time, at the lowest CPU priority.
-    compiler: Compiler,
+    /// Promotions compile there, one at a time, at the lowest CPU priority (one thread for
+    /// every config a reload brings).
+    compiler: Arc<Compiler>,
 }
 
 struct TaskEntry {
@@ -136,8 +137,49 @@ impl Placer {
             tasks,
             resident,
             floor: Mutex::new((Instant::now(), None)),
-            compiler: Compiler::start(),
+            compiler: Arc::new(Compiler::new()),
         }
+    }
+
+    /// The placer of a reloaded config: `new`, given `old`'s compile thread (its own never
+    /// started), takes over what `old` learnt of the tasks the reload kept (by name): their
+    /// heat, and their compiled code where it is still this config's (`digests` names each
+    /// task's wasm; the limits are the same). A task mid-compile in `old` starts again here
+    /// at its next request.
+    pub fn reloaded(new: Placer, old: &Placer, digests: &HashMap<String, String>) -> Placer {
+        let mut placer = new;
+        placer.compiler = old.compiler.clone();
+        let mut carried = Vec::new();
+        for (name, entry) in &placer.tasks {
+            let Some(before) = old.tasks.get(name) else {
+                continue;
+            };
+            let before = lock(&before.state);
+            let mut state = lock(&entry.state);
+            state.hotness = before.hotness.clone();
+            state.oversized_until = before.oversized_until;
+            if let Code::Ready(task) = &before.code
+                && entry.pinned.is_none()
+                && digests.get(name) == Some(&task.digest)
+                && task.limits == entry.spec.limits
+            {
+                carried.push(task.clone());
+            }
+        }
+        let now = Instant::now();
+        for task in carried {
+            let admitted =
+                lock(&placer.resident).admit(&task.name, task.code_bytes, |n| placer.rate(n, now));
+            if let Admit::Admitted { evicted } = admitted {
+                for other in evicted.iter().filter_map(|n| placer.tasks.get(n)) {
+                    lock(&other.state).code = Code::Absent;
+                }
+                if let Some(entry) = placer.tasks.get(&task.name) {
+                    lock(&entry.state).code = Code::Ready(task);
+                }
+            }
+        }
+        placer
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {

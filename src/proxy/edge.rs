@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::modules::http::HttpModules;
@@ -40,28 +41,37 @@ pub struct Edge {
 
 /// What an edge is made of.
 pub struct Parts {
-    pub router: Router,
-    pub placer: Arc<Placer>,
-    pub regions: Arc<Regions>,
-    pub key: Option<ForwardingKey>,
+    /// The config in force: a reload stores a new one; each request takes the one in force
+    /// when it arrives and keeps it to its end.
+    pub live: Arc<ArcSwap<Live>>,
     pub counters: Arc<Counters>,
     pub latencies: Arc<Latencies>,
     pub cache: Arc<Cache>,
     /// The edge's own requests' client (refreshes; the health probes share it).
     pub client: Arc<upstream::Client>,
-    pub versions: HashMap<String, String>,
-    /// Peers whose `X-Forwarded-For` is kept.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// A header that carries request ids from a proxy in front (`request_id_header`).
-    pub request_id_header: Option<http::HeaderName>,
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
     pub access_log: Option<Arc<AccessLog>>,
 }
 
+/// What a reload replaces, whole ([`Parts::live`]).
+pub struct Live {
+    pub router: Router,
+    pub placer: Arc<Placer>,
+    pub regions: Arc<Regions>,
+    pub key: Option<ForwardingKey>,
+    /// Each task's wasm digest (its cache keys carry it).
+    pub versions: HashMap<String, String>,
+    /// Peers whose `X-Forwarded-For` is kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A header that carries request ids from a proxy in front (`request_id_header`).
+    pub request_id_header: Option<http::HeaderName>,
+}
+
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
+    /// The config this request is served by, from its arrival to its end.
+    live: Arc<Live>,
     /// When the request arrived, and where it was answered: its response time, counted in
     /// the logging phase.
     started: Option<Instant>,
@@ -107,19 +117,20 @@ impl Edge {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        live: &Live,
         name: &str,
         mode: Mode,
         home: Option<&str>,
     ) -> Result<bool> {
         // Only task requests carry an id (to the guest's log lines and to a region).
-        ctx.request_id = self.request_id(session.req_header());
-        let mode = if self.parts.regions.is_empty() {
+        ctx.request_id = self.request_id(live, session.req_header());
+        let mode = if live.regions.is_empty() {
             Mode::Edge
         } else {
             mode
         };
         let body_len = crate::body::declared_body_len(session.req_header());
-        let reason = match self.parts.placer.place(name, mode, body_len) {
+        let reason = match live.placer.place(name, mode, body_len) {
             Placement::Forward(reason) => reason,
             Placement::Unknown => {
                 let detail = format!("task {name} has no code at this edge");
@@ -128,7 +139,7 @@ impl Edge {
             }
             Placement::Inline { task, slot, reason } => {
                 let run = Inline {
-                    runtime: self.parts.placer.runtime(),
+                    runtime: live.placer.runtime(),
                     task: &task,
                     slot,
                     request_id: ctx.request_id.clone(),
@@ -144,7 +155,7 @@ impl Edge {
                         return Ok(true);
                     }
                     Served::FallBack => {
-                        self.parts.placer.outgrew(name);
+                        live.placer.outgrew(name);
                         Reason::Fallback
                     }
                 }
@@ -160,16 +171,15 @@ impl Edge {
             task: name.to_string(),
             body,
             reason,
-            attempts: Attempts::new(home.and_then(|h| self.parts.regions.index_of(h))),
+            attempts: Attempts::new(home.and_then(|h| live.regions.index_of(h))),
         });
         Ok(false)
     }
 
     /// The id a proxy in front gave the request, if configured and usable (1 to 128 of
     /// `A-Z a-z 0-9 - _ . :`), else a new one.
-    fn request_id(&self, req: &RequestHeader) -> Arc<str> {
-        let given = self
-            .parts
+    fn request_id(&self, live: &Live, req: &RequestHeader) -> Arc<str> {
+        let given = live
             .request_id_header
             .as_ref()
             .and_then(|name| req.headers.get(name))
@@ -186,16 +196,16 @@ impl Edge {
         }
     }
 
-    fn region_peer(&self, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
-        let Some(spec) = fwd.attempts.next(&self.parts.regions) else {
+    fn region_peer(regions: &Regions, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
+        let Some(spec) = fwd.attempts.next(regions) else {
             return Err(ErrorKind::NoRegion.to_pingora("no healthy region"));
         };
         Ok(Box::new(upstream::region_peer(spec.address)))
     }
 
     /// Signs the forward, with the request's id so the region's log lines join the edge's.
-    fn sign(&self, ctx: &Ctx, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
-        let Some(key) = &self.parts.key else {
+    fn sign(ctx: &Ctx, fwd: &Forward, upstream: &mut RequestHeader) -> Result<()> {
+        let Some(key) = &ctx.live.key else {
             return Err(ErrorKind::Internal.to_pingora("no forwarding key"));
         };
         let forwarding = signing::Forwarding {
@@ -248,6 +258,7 @@ impl Edge {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        live: &Live,
         route: &Route,
     ) -> Result<bool> {
         let Some(rc) = route.cache else {
@@ -269,7 +280,7 @@ impl Edge {
         } else if !is_read {
             (fwd, storable) = (Fwd::Method, false);
         }
-        let filing = self.filing(session, ctx, route);
+        let filing = Self::filing(session, ctx, live, route);
         let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
         cache_ctx.replay = Replay {
             method: session.req_header().method.clone(),
@@ -278,12 +289,10 @@ impl Edge {
         match cached::lookup(session, &self.parts.cache, cache_ctx).await? {
             Phase::Answered => Ok(true),
             Phase::Refresh(mut cache_ctx) => {
-                let (headers, trusted) = (
-                    &mut cache_ctx.filing.request.headers,
-                    &self.parts.trusted_proxies,
-                );
+                let (headers, trusted) =
+                    (&mut cache_ctx.filing.request.headers, &live.trusted_proxies);
                 forwarded_for_filed(headers, ctx.peer, trusted);
-                self.refresh(route, cache_ctx);
+                self.refresh(live, route, cache_ctx);
                 Ok(true)
             }
             Phase::Forward(cache_ctx) => {
@@ -294,13 +303,13 @@ impl Edge {
     }
 
     /// Where the answer to this request is stored.
-    fn filing(&self, session: &Session, ctx: &Ctx, route: &Route) -> Filing {
+    fn filing(session: &Session, ctx: &Ctx, live: &Live, route: &Route) -> Filing {
         let (host, body) = (ctx.host.as_deref().unwrap_or(""), ctx.body.as_deref());
         let req = session.req_header();
         let (task, version) = match &route.target {
             Target::Task(name) => (
                 Some(name.clone()),
-                self.parts.versions.get(name).map_or("", String::as_str),
+                live.versions.get(name).map_or("", String::as_str),
             ),
             Target::Origin(_) => (None, ""),
         };
@@ -333,17 +342,17 @@ impl Edge {
     }
 
     /// Fetches a stale entry's answer again in the background.
-    fn refresh(&self, route: &Route, cache_ctx: Box<CacheCtx>) {
+    fn refresh(&self, live: &Live, route: &Route, cache_ctx: Box<CacheCtx>) {
         let source = match &route.target {
             Target::Origin(addr) => Source::Origin(*addr),
-            Target::Task(name) if !self.parts.regions.is_empty() => {
-                let Some(key) = &self.parts.key else {
+            Target::Task(name) if !live.regions.is_empty() => {
+                let Some(key) = &live.key else {
                     return;
                 };
                 let home = route.region.as_deref();
                 Source::Region {
-                    regions: self.parts.regions.clone(),
-                    home: home.and_then(|h| self.parts.regions.index_of(h)),
+                    regions: live.regions.clone(),
+                    home: home.and_then(|h| live.regions.index_of(h)),
                     signing: refresh::Signing {
                         key: key.0.clone(),
                         task: name.clone(),
@@ -352,11 +361,11 @@ impl Edge {
                 }
             }
             Target::Task(name) => {
-                let Some(task) = self.parts.placer.loaded(name) else {
+                let Some(task) = live.placer.loaded(name) else {
                     return;
                 };
                 Source::Inline {
-                    runtime: self.parts.placer.runtime().clone(),
+                    runtime: live.placer.runtime().clone(),
                     task,
                 }
             }
@@ -372,8 +381,18 @@ impl ProxyHttp for Edge {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            live: self.parts.live.load_full(),
+            started: None,
+            answered: None,
+            origin: None,
+            forward: None,
+            cache: None,
+            body: None,
+            host: None,
+            route: None,
+            peer: None,
+            request_id: Arc::default(),
             _in_flight: Some(self.parts.in_flight.enter()),
-            ..Ctx::default()
         }
     }
 
@@ -399,26 +418,21 @@ impl ProxyHttp for Edge {
                 return Ok(true);
             }
         }
-        let req = session.req_header();
+        let (req, live) = (session.req_header(), ctx.live.clone());
         let Some(route) =
-            self.parts
-                .router
+            live.router
                 .route(ctx.host.as_deref(), req.uri.path(), req.method.as_str())
         else {
             respond::error(session, ErrorKind::NoRoute, "").await?;
             return Ok(true);
         };
         ctx.route = Some(route.index);
-        if route.cache.is_some() && self.cache_phase(session, ctx, route).await? {
+        if route.cache.is_some() && self.cache_phase(session, ctx, &live, route).await? {
             ctx.answered = Some(Answered::Cache);
             return Ok(true);
         }
         // The request goes on: to an origin, a region or a task.
-        forwarded_for(
-            session.req_header_mut(),
-            ctx.peer,
-            &self.parts.trusted_proxies,
-        )?;
+        forwarded_for(session.req_header_mut(), ctx.peer, &live.trusted_proxies)?;
         match &route.target {
             Target::Origin(addr) => {
                 ctx.answered = Some(Answered::Origin);
@@ -427,7 +441,7 @@ impl ProxyHttp for Edge {
             }
             Target::Task(name) => {
                 let (mode, home) = (route.placement, route.region.clone());
-                self.task_request(session, ctx, name, mode, home.as_deref())
+                self.task_request(session, ctx, &live, name, mode, home.as_deref())
                     .await
             }
         }
@@ -435,7 +449,7 @@ impl ProxyHttp for Edge {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if let Some(fwd) = &mut ctx.forward {
-            return self.region_peer(fwd);
+            return Self::region_peer(&ctx.live.regions, fwd);
         }
         let Some(addr) = ctx.origin else {
             return Err(Error::explain(
@@ -453,7 +467,7 @@ impl ProxyHttp for Edge {
             self.parts.latencies.record(answered, started.elapsed());
         }
         if let Some(log) = &self.parts.access_log {
-            let route = ctx.route.and_then(|i| self.parts.router.by_index(i));
+            let route = ctx.route.and_then(|i| ctx.live.router.by_index(i));
             let task = route.and_then(|r| match &r.target {
                 Target::Task(name) => Some(name.as_str()),
                 Target::Origin(_) => None,
@@ -478,7 +492,7 @@ impl ProxyHttp for Edge {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(fwd) = &mut ctx.forward {
-            if !fwd.attempts.refused(&self.parts.regions) {
+            if !fwd.attempts.refused(&ctx.live.regions) {
                 return ErrorKind::NoRegion.to_pingora(format!("every region refused: {e}"));
             }
             // Nothing was sent: trying the next region is always safe.
@@ -494,7 +508,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(fwd) = &ctx.forward {
-            self.sign(ctx, fwd, upstream)?;
+            Self::sign(ctx, fwd, upstream)?;
         }
         Ok(())
     }
@@ -506,7 +520,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(fwd) = &mut ctx.forward
-            && let Some(region) = fwd.attempts.answered(&self.parts.regions)
+            && let Some(region) = fwd.attempts.answered(&ctx.live.regions)
         {
             let name = &region.name;
             let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());

@@ -18,7 +18,7 @@ use pingora_proxy::Session;
 use crate::errors::ErrorKind;
 use crate::{framing, normalize};
 
-pub use edge::{Edge, Parts as EdgeParts};
+pub use edge::{Edge, Live as EdgeLive, Parts as EdgeParts};
 pub use region::RegionServer;
 
 /// Request ids for logs: a per-process prefix and a counter.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -17,27 +18,26 @@ pub const HEALTH_PATH: &str = "/_poplar/health";
 
 /// Probes every region of an edge until shutdown.
 pub struct HealthChecker {
-    regions: Arc<Regions>,
+    /// The regions of the config in force: a reload stores its own here.
+    regions: Arc<ArcSwap<Regions>>,
     client: Arc<Client>,
 }
 
 impl HealthChecker {
     /// Probes over `client`, the edge's pooled client: a probe takes the connections the
     /// edge's own requests to the region use.
-    pub fn new(regions: Arc<Regions>, client: Arc<Client>) -> HealthChecker {
+    pub fn new(regions: Arc<ArcSwap<Regions>>, client: Arc<Client>) -> HealthChecker {
         HealthChecker { regions, client }
     }
 
-    async fn probe_all(&self) {
-        let probes = self
-            .regions
+    async fn probe_all(&self, regions: &Regions) {
+        let probes = regions
             .specs
             .iter()
             .enumerate()
             .map(|(i, spec)| async move {
-                let timeout = self.regions.health.timeout;
-                let outcome = probe(&self.client, spec.address, timeout).await;
-                self.regions.record_probe(i, outcome);
+                let outcome = probe(&self.client, spec.address, regions.health.timeout).await;
+                regions.record_probe(i, outcome);
             });
         futures_util::future::join_all(probes).await;
     }
@@ -47,10 +47,11 @@ impl HealthChecker {
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
-            self.probe_all().await;
+            let regions = self.regions.load_full();
+            self.probe_all(&regions).await;
             tokio::select! {
                 _ = shutdown.changed() => return,
-                () = tokio::time::sleep(self.regions.health.interval) => {}
+                () = tokio::time::sleep(regions.health.interval) => {}
             }
         }
     }

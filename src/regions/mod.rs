@@ -59,6 +59,24 @@ impl Regions {
         }
     }
 
+    /// The regions of a reloaded config: a region kept (same name and address) keeps its
+    /// health and latency; a new one starts healthy, as at start.
+    pub fn carried(specs: Vec<RegionSpec>, health: HealthSpec, old: &Regions) -> Regions {
+        let regions = Regions::new(specs, health);
+        for (i, spec) in regions.specs.iter().enumerate() {
+            let kept = old.specs.iter().position(|o| o == spec);
+            if let Some(state) = kept.and_then(|k| old.state(k)) {
+                regions.update(i, |new| *new = state);
+            }
+        }
+        regions
+    }
+
+    /// Whether these are the regions and checks a config asks for.
+    pub fn is(&self, specs: &[RegionSpec], health: &HealthSpec) -> bool {
+        self.specs == specs && self.health == *health
+    }
+
     pub fn is_empty(&self) -> bool {
         self.specs.is_empty()
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::ServiceHandle;
@@ -18,18 +19,18 @@ use pingora_core::services::listening::Service;
 use std::collections::HashMap;
 
 use crate::access_log::AccessLog;
-use crate::admin::{Admin, Sources};
+use crate::admin::{Admin, Reload, Sources};
 use crate::cache::{Cache, Clock};
-use crate::config::{Config, ConfigError, ConfigErrors, Mode, Role, Target, TaskSpec};
+use crate::config::{Config, ConfigError, ConfigErrors, Role, TaskSpec};
 use crate::metrics::{Counters, InFlight};
-use crate::placement::Placer;
 use crate::proxy::{Edge, EdgeParts, RegionServer};
-use crate::regions::{HealthChecker, Regions};
-use crate::routing::Router;
+use crate::regions::HealthChecker;
 use crate::wasm::{self, Capacity, Runtime, Task};
 
+mod reload;
 mod services;
-use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, Reopen};
+pub use reload::{Reloaded, Reloader};
+use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, ReloadOnHangUp, Reopen};
 
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
 /// start (slow: seconds for big ones).
@@ -83,15 +84,16 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         in_flight,
         access_log,
         hand_over: &hand_over,
+        signals: built.signals,
     };
-    let sources = match config.role {
+    let (sources, reload) = match config.role {
         Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
-        Role::Region => add_region(&mut server, config, source, shared)?,
+        Role::Region => (add_region(&mut server, config, source, shared)?, None),
     };
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "poplar admin".to_string(),
-            HttpServer::new_app(Admin::new(sources, admin)),
+            HttpServer::new_app(Admin::new(sources, admin, reload)),
         );
         service.add_tcp(&admin.listen.to_string());
         server.add_service(service).add_dependency(&hand_over);
@@ -106,6 +108,9 @@ struct Shared<'a> {
     access_log: Option<Arc<AccessLog>>,
     /// The listening services start after it.
     hand_over: &'a ServiceHandle,
+    /// Whether the process's signals are the server's (`SIGHUP` reloads, `SIGUSR1` reopens
+    /// the access log): not for a server on a thread of a test.
+    signals: bool,
 }
 
 /// The edge proxy and its regions' health checks; what its admin endpoint reports on.
@@ -115,9 +120,10 @@ fn add_edge(
     source: &Path,
     shared: Shared<'_>,
     clock: Clock,
-) -> Result<Sources, ConfigErrors> {
+) -> Result<(Sources, Option<Arc<dyn Reload>>), ConfigErrors> {
+    let signals = shared.signals;
     let (in_flight, access_log) = (shared.in_flight.clone(), shared.access_log.clone());
-    let edge = edge(
+    let (edge, reloader) = edge(
         config,
         source,
         shared.counters.clone(),
@@ -128,25 +134,29 @@ fn add_edge(
     let sources = Sources {
         counters: shared.counters,
         latencies: Some(edge.latencies.clone()),
-        placer: Some(edge.placer.clone()),
-        regions: Some(edge.regions.clone()),
+        live: Some(edge.live.clone()),
         cache: Some(edge.cache.clone()),
         replays_refused: None,
         in_flight: shared.in_flight,
-        runtime: Some(edge.placer.runtime().clone()),
+        runtime: Some(reloader.runtime.clone()),
         access_log: shared.access_log,
     };
-    let (regions, client) = (edge.regions.clone(), edge.client.clone());
+    // Always: a reload may bring the first region.
+    let checker = HealthChecker::new(reloader.regions.clone(), edge.client.clone());
+    server.add_service(background_service("region health checks", checker));
     let conf = &server.configuration;
     let mut service =
         pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
     service.add_tcp(&config.listen.to_string());
     server.add_service(service).add_dependency(shared.hand_over);
-    if !regions.is_empty() {
-        let checker = HealthChecker::new(regions, client);
-        server.add_service(background_service("region health checks", checker));
+    let reloader = Arc::new(reloader);
+    if signals {
+        let on_hup = ReloadOnHangUp {
+            reloader: Some(reloader.clone()),
+        };
+        server.add_service(background_service("reload on SIGHUP", on_hup));
     }
-    Ok(sources)
+    Ok((sources, Some(reloader as Arc<dyn Reload>)))
 }
 
 /// The region proxy; what its admin endpoint reports on.
@@ -157,13 +167,16 @@ fn add_region(
     shared: Shared<'_>,
 ) -> Result<Sources, ConfigErrors> {
     let mut region = region(config, source)?;
+    if shared.signals {
+        let on_hup = ReloadOnHangUp { reloader: None };
+        server.add_service(background_service("SIGHUP", on_hup));
+    }
     region.in_flight = shared.in_flight.clone();
     region.access_log = shared.access_log.clone();
     let sources = Sources {
         counters: shared.counters,
         latencies: None,
-        placer: None,
-        regions: None,
+        live: None,
         cache: None,
         replays_refused: Some(region.replays.clone()),
         in_flight: shared.in_flight,
@@ -214,49 +227,29 @@ fn edge(
     clock: Clock,
     in_flight: InFlight,
     access_log: Option<Arc<AccessLog>>,
-) -> Result<EdgeParts, ConfigErrors> {
-    let runtime = runtime(config, source)?;
-    let pinned_names: Vec<&str> = config
-        .routes
-        .iter()
-        .filter(|r| config.regions.is_empty() || r.placement == Mode::Edge)
-        .filter_map(|r| match &r.target {
-            Target::Task(name) => Some(name.as_str()),
-            Target::Origin(_) => None,
-        })
-        .collect();
-    let pinned = config
-        .tasks
-        .values()
-        .filter(|t| pinned_names.contains(&t.name.as_str()));
-    let pinned = load(&runtime, pinned, source)?;
-    let versions = versions(config, source)?;
-    let runtime = Arc::new(runtime);
-    let placer = Placer::new(
-        config.placement.clone(),
+) -> Result<(EdgeParts, Reloader), ConfigErrors> {
+    let runtime = Arc::new(runtime(config, source)?);
+    let live = reload::live(config, source, &runtime, None)?;
+    let regions = Arc::new(ArcSwap::new(live.regions.clone()));
+    let live = Arc::new(ArcSwap::from_pointee(live));
+    let reloader = Reloader {
+        source: source.to_path_buf(),
+        current: std::sync::Mutex::new(config.clone()),
+        live: live.clone(),
+        regions,
         runtime,
-        config.tasks.values().cloned(),
-        pinned,
-    );
-    let key = config.forwarding_key.clone();
-    if !config.regions.is_empty() && key.is_none() {
-        return Err(no_key(source));
-    }
-    Ok(EdgeParts {
-        router: Router::new(&config.routes),
-        placer: Arc::new(placer),
-        regions: Arc::new(Regions::new(config.regions.clone(), config.health)),
-        key,
+        counters: counters.clone(),
+    };
+    let parts = EdgeParts {
+        live,
         counters,
         latencies: Arc::default(),
         cache: Arc::new(Cache::with_clock(config.cache, clock)),
         client: Arc::default(),
-        versions,
-        trusted_proxies: config.trusted_proxies.clone(),
-        request_id_header: config.request_id_header.clone(),
         in_flight,
         access_log,
-    })
+    };
+    Ok((parts, reloader))
 }
 
 /// Each task's version: the SHA-256 of its wasm, so a new build never shares cache entries.

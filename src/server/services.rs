@@ -1,5 +1,6 @@
 //! The services a Poplar server adds to Pingora's beside its proxies: the hand-over of
-//! listeners bound beforehand, the exit watchdog of a stop, and the access log's reopening.
+//! listeners bound beforehand, the exit watchdog of a stop, the access log's reopening and
+//! reloads on `SIGHUP`.
 
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 
+use super::Reloader;
 use crate::access_log::AccessLog;
 use crate::metrics::InFlight;
 
@@ -78,6 +80,44 @@ impl pingora_core::services::background::BackgroundService for Reopen {
                     }
                     log::info!("SIGUSR1: reopening the access log");
                     self.log.reopen();
+                }
+            }
+        }
+    }
+}
+
+/// Reloads the config file on `SIGHUP` ([`Reloader`]), off the runtime's threads. A
+/// region (no reloader) says it does not reload, where the signal's default would end it.
+pub(super) struct ReloadOnHangUp {
+    pub(super) reloader: Option<Arc<Reloader>>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for ReloadOnHangUp {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(e) => return log::error!("cannot take SIGHUP for reloads: {e}"),
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    let Some(reloader) = self.reloader.clone() else {
+                        log::warn!("SIGHUP: a region does not reload its config: restart it");
+                        continue;
+                    };
+                    log::info!("SIGHUP: reloading the config");
+                    let done = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                    match done {
+                        Ok(Ok(reloaded)) => log::info!("reloaded: {reloaded:?}"),
+                        Ok(Err(errors)) => log::error!("reload refused, the config in force goes on: {errors}"),
+                        Err(e) => log::error!("the reload failed: {e}"),
+                    }
                 }
             }
         }

@@ -59,6 +59,16 @@ pub fn released_addr() -> SocketAddr {
 
 /// Starts `config` on the listeners [`free_addr`] reserved for its addresses.
 pub fn start(config: &poplar::config::Config) -> Running {
+    start_from(config, std::path::Path::new("test.yaml"))
+}
+
+/// Starts the config in `file` (which a reload reads again), as [`start`] does.
+pub fn start_file(file: &std::path::Path) -> Running {
+    let config = poplar::config::load(file).unwrap_or_else(|errors| panic!("{errors}"));
+    start_from(&config, file)
+}
+
+fn start_from(config: &poplar::config::Config, source: &std::path::Path) -> Running {
     let wanted = [Some(config.listen), config.admin.as_ref().map(|a| a.listen)];
     let listeners = {
         let mut reserved = RESERVED.lock().unwrap();
@@ -68,7 +78,7 @@ pub fn start(config: &poplar::config::Config) -> Running {
         *reserved = rest;
         mine
     };
-    Running::start_on(config, std::path::Path::new("test.yaml"), listeners).expect("server starts")
+    Running::start_on(config, source, listeners).expect("server starts")
 }
 
 /// An edge started from a YAML config. `LISTEN` in the text is replaced with a free

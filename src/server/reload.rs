@@ -1,0 +1,223 @@
+//! Reloading an edge's config in place (`SIGHUP`, `POST /reload`): the file is read, checked
+//! and loaded whole off the request path (pinned tasks compiled, digests computed), then
+//! swapped in at once ([`EdgeParts::live`](crate::proxy::EdgeParts)). A request keeps the
+//! config it arrived under; the next one sees the new. A config with any problem changes
+//! nothing: every problem is reported, and the old config keeps serving.
+//!
+//! What a reload keeps: the cache (keys carry each task's digest, so entries of a task whose
+//! code changed are no longer found), each kept task's heat and compiled code (same wasm and
+//! limits), each kept region's health, and the counters. What it cannot change (listeners,
+//! threads, the engine's sizing, the cache's size, logging) is refused as needing a restart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::{capacity, fail, load, no_key, versions};
+use crate::admin::Reload;
+use crate::config::{self, Config, ConfigError, ConfigErrors, Mode, Target, TaskSpec};
+use crate::metrics::Counters;
+use crate::placement::Placer;
+use crate::proxy::EdgeLive as Live;
+use crate::regions::Regions;
+use crate::routing::Router;
+use crate::wasm::{Runtime, Task};
+
+/// Reloads one edge's config file.
+pub struct Reloader {
+    pub(super) source: PathBuf,
+    /// The config in force. Held for the whole of a reload: reloads run one at a time.
+    pub(super) current: Mutex<Config>,
+    pub(super) live: Arc<ArcSwap<Live>>,
+    /// What the health checks probe.
+    pub(super) regions: Arc<ArcSwap<Regions>>,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) counters: Arc<Counters>,
+}
+
+/// What a reload changed: its log line and `POST /reload`'s answer.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    pub routes: usize,
+    /// Tasks new to this config, or whose wasm or limits changed.
+    pub tasks_changed: Vec<String>,
+    pub tasks_kept: Vec<String>,
+    pub tasks_removed: Vec<String>,
+    pub regions: usize,
+}
+
+impl Reloader {
+    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let config = config::load(&self.source)?;
+        let restart = needs_restart(&current, &config);
+        if !restart.is_empty() {
+            return Err(fail(&self.source, restart));
+        }
+        let old = self.live.load_full();
+        let live = live(&config, &self.source, &self.runtime, Some(&old))?;
+        self.counters.add(config.tasks.keys().map(String::as_str));
+        let reloaded = summary(&current, &config, &old, &live);
+        self.regions.store(live.regions.clone());
+        self.live.store(Arc::new(live));
+        *current = config;
+        Ok(reloaded)
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> Result<serde_json::Value, ConfigErrors> {
+        let reloaded = Reloader::reload(self)?;
+        log::info!("reloaded {}: {reloaded:?}", self.source.display());
+        Ok(serde_json::to_value(reloaded).unwrap_or_default())
+    }
+}
+
+/// The keys a running server cannot change: each one that changed is an error.
+fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut check = |key: &str, same: bool| {
+        if !same {
+            let message = "changed: this takes a restart, not a reload (docs/OPERATIONS.md)";
+            errors.push(ConfigError::new(key, message));
+        }
+    };
+    check("role", old.role == new.role);
+    check("listen", old.listen == new.listen);
+    check("threads", old.threads == new.threads);
+    check("admin", old.admin == new.admin);
+    check("access_log", old.access_log == new.access_log);
+    check("grace_period", old.grace_period == new.grace_period);
+    check("guest_log", old.guest_log == new.guest_log);
+    check("cache", old.cache == new.cache);
+    let (before, after) = (&old.placement, &new.placement);
+    check(
+        "placement.max_inline",
+        before.max_inline == after.max_inline,
+    );
+    // The engine's instance pool is sized for the largest task memory at start.
+    let pool = capacity(old).max_memory;
+    for task in new.tasks.values().filter(|t| t.limits.memory > pool) {
+        let message = format!(
+            "is more than the {pool} bytes this server's engine was sized for at start: this takes a restart"
+        );
+        errors.push(ConfigError::new(
+            format!("tasks.{}.limits.memory", task.name),
+            message,
+        ));
+    }
+    errors
+}
+
+/// The tasks an edge loads at start: those of `placement: edge` routes (every task route's,
+/// without regions).
+pub(super) fn pinned(config: &Config) -> Vec<&TaskSpec> {
+    let names: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| config.regions.is_empty() || r.placement == Mode::Edge)
+        .filter_map(|r| match &r.target {
+            Target::Task(name) => Some(name.as_str()),
+            Target::Origin(_) => None,
+        })
+        .collect();
+    config
+        .tasks
+        .values()
+        .filter(|t| names.contains(&t.name.as_str()))
+        .collect()
+}
+
+/// The part of an edge a config decides. On a reload (`old`), the compiled code of tasks
+/// whose wasm and limits did not change is taken from `old`, not compiled again.
+pub(super) fn live(
+    config: &Config,
+    source: &Path,
+    runtime: &Arc<Runtime>,
+    old: Option<&Live>,
+) -> Result<Live, ConfigErrors> {
+    let versions = versions(config, source)?;
+    let (mut pinned, to_load): (Vec<Arc<Task>>, Vec<&TaskSpec>) = {
+        let mut kept = Vec::new();
+        let mut to_load = Vec::new();
+        for spec in pinned(config) {
+            match old.and_then(|o| same_code(&o.placer, spec, &versions)) {
+                Some(task) => kept.push(task),
+                None => to_load.push(spec),
+            }
+        }
+        (kept, to_load)
+    };
+    pinned.extend(load(runtime, to_load, source)?);
+    let key = config.forwarding_key.clone();
+    if !config.regions.is_empty() && key.is_none() {
+        return Err(no_key(source));
+    }
+    let placer = Placer::new(
+        config.placement.clone(),
+        runtime.clone(),
+        config.tasks.values().cloned(),
+        pinned,
+    );
+    let (specs, health) = (config.regions.clone(), config.health);
+    let (placer, regions) = match old {
+        Some(old) => {
+            let regions = match old.regions.is(&specs, &health) {
+                true => old.regions.clone(),
+                false => Arc::new(Regions::carried(specs, health, &old.regions)),
+            };
+            (Placer::reloaded(placer, &old.placer, &versions), regions)
+        }
+        None => (placer, Arc::new(Regions::new(specs, health))),
+    };
+    Ok(Live {
+        router: Router::new(&config.routes),
+        placer: Arc::new(placer),
+        regions,
+        key,
+        versions,
+        trusted_proxies: config.trusted_proxies.clone(),
+        request_id_header: config.request_id_header.clone(),
+    })
+}
+
+/// The code `placer` has loaded for `spec`'s task, if it is the same wasm with the same
+/// limits.
+fn same_code(
+    placer: &Placer,
+    spec: &TaskSpec,
+    versions: &HashMap<String, String>,
+) -> Option<Arc<Task>> {
+    let task = placer.loaded(&spec.name)?;
+    let same = versions.get(&spec.name) == Some(&task.digest) && task.limits == spec.limits;
+    same.then_some(task)
+}
+
+fn summary(before: &Config, after: &Config, old: &Live, new: &Live) -> Reloaded {
+    let mut reloaded = Reloaded {
+        routes: after.routes.len(),
+        tasks_changed: Vec::new(),
+        tasks_kept: Vec::new(),
+        tasks_removed: Vec::new(),
+        regions: after.regions.len(),
+    };
+    for (name, spec) in &after.tasks {
+        let kept = before
+            .tasks
+            .get(name)
+            .is_some_and(|b| b.limits == spec.limits)
+            && old.versions.get(name) == new.versions.get(name);
+        match kept {
+            true => reloaded.tasks_kept.push(name.clone()),
+            false => reloaded.tasks_changed.push(name.clone()),
+        }
+    }
+    let removed = before
+        .tasks
+        .keys()
+        .filter(|n| !after.tasks.contains_key(*n));
+    reloaded.tasks_removed = removed.cloned().collect();
+    reloaded
+}
