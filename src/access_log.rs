@@ -162,31 +162,55 @@ fn write_lines(mut out: Out, pending: &Receiver<String>, reopen: &AtomicBool) {
 }
 
 /// Combined-like: `client - - [time] "METHOD path VERSION" status bytes "referer"
-/// "user-agent"`, then `key=value` fields, `-` where there is nothing.
+/// "user-agent"`, then `key=value` fields, `-` where there is nothing. Written into one
+/// buffer, without a `String` per field: it is made on the request's thread.
 fn text(l: &Line<'_>) -> String {
-    let client = l.client.map_or_else(|| "-".to_string(), |c| c.to_string());
-    let opt = |v: Option<&str>| v.map_or_else(|| "-".to_string(), quoted_if_needed);
-    let route = l.route.map_or_else(|| "-".to_string(), |r| r.to_string());
-    format!(
-        "{client} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" id={} host={} rt={:.6} route={route} task={} placement={} reason={} cache={} upstream={} error={}\n",
-        humantime::format_rfc3339_millis(l.time),
-        escape(l.method),
-        escape(l.path),
-        escape(l.version),
-        l.status,
-        l.bytes,
-        escape(l.referer.unwrap_or("-")),
-        escape(l.user_agent.unwrap_or("-")),
-        opt(Some(l.id).filter(|id| !id.is_empty())),
-        opt(Some(l.host).filter(|h| !h.is_empty())),
-        l.duration,
-        opt(l.task),
-        opt(l.placement),
-        opt(l.reason),
-        opt(l.cache),
-        opt(l.upstream.as_deref()),
-        opt(l.error),
-    )
+    use std::fmt::Write;
+    let mut out = String::with_capacity(256);
+    match l.client {
+        Some(client) => _ = write!(out, "{client}"),
+        None => out.push('-'),
+    }
+    _ = write!(
+        out,
+        " - - [{}] \"",
+        humantime::format_rfc3339_millis(l.time)
+    );
+    for (i, part) in [l.method, l.path, l.version].into_iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        escape_into(&mut out, part);
+    }
+    _ = write!(out, "\" {} {} \"", l.status, l.bytes);
+    escape_into(&mut out, l.referer.unwrap_or("-"));
+    out.push_str("\" \"");
+    escape_into(&mut out, l.user_agent.unwrap_or("-"));
+    out.push('"');
+    let field = |out: &mut String, key: &str, value: Option<&str>| {
+        out.push(' ');
+        out.push_str(key);
+        out.push('=');
+        match value {
+            Some(v) => quoted_into(out, v),
+            None => out.push('-'),
+        }
+    };
+    field(&mut out, "id", Some(l.id).filter(|id| !id.is_empty()));
+    field(&mut out, "host", Some(l.host).filter(|h| !h.is_empty()));
+    _ = write!(out, " rt={:.6} route=", l.duration);
+    match l.route {
+        Some(route) => _ = write!(out, "{route}"),
+        None => out.push('-'),
+    }
+    field(&mut out, "task", l.task);
+    field(&mut out, "placement", l.placement);
+    field(&mut out, "reason", l.reason);
+    field(&mut out, "cache", l.cache);
+    field(&mut out, "upstream", l.upstream.as_deref());
+    field(&mut out, "error", l.error);
+    out.push('\n');
+    out
 }
 
 fn json(l: &Line<'_>) -> String {
@@ -200,29 +224,38 @@ fn json(l: &Line<'_>) -> String {
     line
 }
 
-/// `\"`, `\\` and `\xNN` for control bytes: a line is one line, its quotes its own.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` with `\"`, `\\` and `\xNN` for control bytes: a line is one line, its
+/// quotes its own.
+fn escape_into(out: &mut String, s: &str) {
+    // Printable ASCII without quotes or backslashes, what nearly every field is, as is.
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if s.bytes().all(plain) {
+        return out.push_str(s);
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_control() => {
+                use std::fmt::Write;
+                _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
-    out
 }
 
-/// A value as is when it is one plain word, else quoted and escaped.
-fn quoted_if_needed(s: &str) -> String {
+/// Appends a value as is when it is one plain word, else quoted and escaped.
+fn quoted_into(out: &mut String, s: &str) {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     if plain {
-        s.to_string()
+        out.push_str(s);
     } else {
-        format!("\"{}\"", escape(s))
+        out.push('"');
+        escape_into(out, s);
+        out.push('"');
     }
 }
 

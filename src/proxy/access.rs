@@ -6,6 +6,11 @@ use pingora_proxy::Session;
 
 use crate::access_log::{AccessLog, Line};
 
+// Names parsed once, not on every line.
+static PLACEMENT: http::HeaderName = http::HeaderName::from_static("x-poplar-placement");
+static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+static ERROR: http::HeaderName = http::HeaderName::from_static("x-poplar-error");
+
 /// What a proxy phase knows of a request beyond its session.
 pub struct Known<'a> {
     pub started: Option<Instant>,
@@ -22,14 +27,14 @@ pub struct Known<'a> {
 pub fn log(log: &AccessLog, session: &Session, known: Known<'_>) {
     let req = session.req_header();
     let written = session.response_written();
-    let header = |name: &str| {
+    let header = |name: &http::HeaderName| {
         written
             .and_then(|r| r.headers.get(name))
             .and_then(|v| v.to_str().ok())
     };
     let request_header =
         |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let placement = header("x-poplar-placement").map(Placement::parse);
+    let placement = header(&PLACEMENT).map(Placement::parse);
     let took = known.started.map(|s| s.elapsed()).unwrap_or_default();
     let version = match req.version {
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -55,9 +60,9 @@ pub fn log(log: &AccessLog, session: &Session, known: Known<'_>) {
         task: known.task,
         placement: placement.as_ref().map(|p| p.site),
         reason: placement.as_ref().and_then(|p| p.reason),
-        cache: header("cache-status"),
+        cache: header(&CACHE_STATUS),
         upstream: known.upstream.or_else(|| region.map(str::to_string)),
-        error: header("x-poplar-error"),
+        error: header(&ERROR),
         referer: request_header(http::header::REFERER),
         user_agent: request_header(http::header::USER_AGENT),
     });
