@@ -200,20 +200,20 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec
 }
 
 fn refuse(access: Access) -> Option<http::Response<Vec<u8>>> {
-    let response = match access {
+    let status = match access {
         Access::Allowed => return None,
-        Access::Unauthenticated => http::Response::builder()
-            .status(401)
-            .header("www-authenticate", "Bearer realm=\"poplar admin\""),
-        Access::Forbidden => http::Response::builder().status(403),
+        Access::Unauthenticated => 401,
+        Access::Forbidden => 403,
     };
     let body = b"this needs the admin token: Authorization: Bearer TOKEN\n".to_vec();
-    let response = response
-        .header("content-type", "text/plain")
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body);
-    Some(response.unwrap_or_else(|_| http::Response::new(Vec::new())))
+    let mut response = respond(status, "text/plain", body);
+    if status == 401 {
+        let challenge = http::HeaderValue::from_static("Bearer realm=\"poplar admin\"");
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, challenge);
+    }
+    Some(response)
 }
 
 #[async_trait]

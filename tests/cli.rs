@@ -137,15 +137,8 @@ fn serve_runs_tasks_and_logs_guest_output_with_the_request_id() {
     let head = "threads: 2\nrequest_id_header: x-request-id\nguest_log: warn\n";
     let (addr, file) = wstd_edge(dir.path(), head, "", "/");
     let log = dir.path().join("stderr.log");
-    let mut child = poplar()
-        .args(["serve", "-c"])
-        .arg(&file)
-        // Guest lines at warn (guest_log) pass a warn filter that info lines do not.
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // Guest lines at warn (guest_log) pass a warn filter that info lines do not.
+    let mut child = serve_logging_to(&file, &log, "warn");
 
     let started = Instant::now();
     let body = loop {
@@ -295,14 +288,7 @@ fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
     let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
     let (addr, file) = wstd_edge(dir.path(), &head, "{ timeout: 10s }", "/");
     let log = dir.path().join("stderr.log");
-    let mut child = poplar()
-        .args(["serve", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging_to(&file, &log, "info");
     let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
     wait_for("the admin endpoint", || metrics().is_ok());
 
@@ -338,6 +324,18 @@ fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
         logged.contains("no request in flight"),
         "it ended once drained, not at the end of the grace period: {logged}"
     );
+}
+
+/// `poplar serve -c file`, its stderr (at `RUST_LOG=level`) in `log`.
+fn serve_logging_to(file: &Path, log: &Path, level: &str) -> std::process::Child {
+    poplar()
+        .args(["serve", "-c"])
+        .arg(file)
+        .env("RUST_LOG", level)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 /// Polls `ready` until it holds, for at most 30 s.
@@ -444,14 +442,7 @@ fn sighup_reloads_the_config_and_a_bad_one_leaves_the_old_serving() {
     };
     let file = write_config(dir.path(), &with("hello"));
     let log = dir.path().join("stderr.log");
-    let mut child = poplar()
-        .args(["serve", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging_to(&file, &log, "info");
     let body = || reqwest::blocking_get(format!("http://{addr}/x?name=y"));
     wait_for("hello", || body().is_ok_and(|b| b.starts_with("Hello, y!")));
     let hup = |child: &std::process::Child| {

@@ -58,6 +58,28 @@ impl pingora_core::services::background::BackgroundService for ExitWatchdog {
     }
 }
 
+/// Runs `each` for every `kind` signal, until the server shuts down.
+async fn on_signal<F: std::future::Future<Output = ()>>(
+    kind: tokio::signal::unix::SignalKind,
+    what: &str,
+    mut shutdown: ShutdownWatch,
+    mut each: impl FnMut() -> F,
+) {
+    let mut signals = match tokio::signal::unix::signal(kind) {
+        Ok(signals) => signals,
+        Err(e) => return log::error!("cannot take {what}: {e}"),
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            got = signals.recv() => match got {
+                Some(()) => each().await,
+                None => return,
+            },
+        }
+    }
+}
+
 /// Reopens the access log on `SIGUSR1`, as log rotation (logrotate's `postrotate`) asks.
 pub(super) struct Reopen {
     pub(super) log: Arc<AccessLog>,
@@ -65,24 +87,13 @@ pub(super) struct Reopen {
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for Reopen {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut usr1 = match signal(SignalKind::user_defined1()) {
-            Ok(usr1) => usr1,
-            Err(e) => return log::error!("cannot take SIGUSR1 for the access log: {e}"),
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                got = usr1.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    log::info!("SIGUSR1: reopening the access log");
-                    self.log.reopen();
-                }
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let usr1 = tokio::signal::unix::SignalKind::user_defined1();
+        on_signal(usr1, "SIGUSR1 for the access log", shutdown, || async {
+            log::info!("SIGUSR1: reopening the access log");
+            self.log.reopen();
+        })
+        .await;
     }
 }
 
@@ -92,35 +103,27 @@ pub(super) struct ReloadOnHangUp {
     pub(super) reloader: Option<Arc<Reloader>>,
 }
 
+impl ReloadOnHangUp {
+    async fn reload(&self) {
+        let Some(reloader) = self.reloader.clone() else {
+            return log::warn!("SIGHUP: a region does not reload its config: restart it");
+        };
+        log::info!("SIGHUP: reloading the config");
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(reloaded)) => log::info!("reloaded: {reloaded:?}"),
+            Ok(Err(errors)) => {
+                log::error!("reload refused, the config in force goes on: {errors}");
+            }
+            Err(e) => log::error!("the reload failed: {e}"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for ReloadOnHangUp {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(e) => return log::error!("cannot take SIGHUP for reloads: {e}"),
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                got = hup.recv() => {
-                    if got.is_none() {
-                        return;
-                    }
-                    let Some(reloader) = self.reloader.clone() else {
-                        log::warn!("SIGHUP: a region does not reload its config: restart it");
-                        continue;
-                    };
-                    log::info!("SIGHUP: reloading the config");
-                    let done = tokio::task::spawn_blocking(move || reloader.reload()).await;
-                    match done {
-                        Ok(Ok(reloaded)) => log::info!("reloaded: {reloaded:?}"),
-                        Ok(Err(errors)) => log::error!("reload refused, the config in force goes on: {errors}"),
-                        Err(e) => log::error!("the reload failed: {e}"),
-                    }
-                }
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let hup = tokio::signal::unix::SignalKind::hangup();
+        on_signal(hup, "SIGHUP for reloads", shutdown, || self.reload()).await;
     }
 }
 
