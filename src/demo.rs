@@ -20,15 +20,16 @@ use tokio::sync::oneshot;
 use std::time::Duration;
 
 use crate::config::{
-    AdminSpec, CacheSpec, Config, ForwardingKey, HealthSpec, Limits, Match, Mode, PathMatch,
-    PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec,
+    AdminSpec, CacheSpec, Config, ForwardingKey, HealthSpec, Limits, ListenerSpec, Match, Mode,
+    PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec, TlsSpec,
 };
 use crate::server::Running;
 
 /// An origin server on its own thread. It answers every request with `200`, a first line
 /// `origin <METHOD> <path?query>`, then the request body as received; headers
-/// `x-origin-host`, `x-origin-forwarded-for` and `x-origin-header-names` show what it was
-/// sent, and `x-origin-count` how many requests it has answered. Query parameters shape the
+/// `x-origin-host`, `x-origin-forwarded-for`, `x-origin-forwarded-proto` and
+/// `x-origin-header-names` show what it was sent, and `x-origin-count` how many requests it
+/// has answered. Query parameters shape the
 /// answer: `cc=` its `Cache-Control`, `vary=` its `Vary`, `delay_ms=` a wait before it,
 /// `size=` a body padded to that many bytes.
 pub struct Origin {
@@ -152,6 +153,7 @@ async fn answer(
         .header("x-origin-count", count)
         .header("x-origin-host", seen("host"))
         .header("x-origin-forwarded-for", seen("x-forwarded-for"))
+        .header("x-origin-forwarded-proto", seen("x-forwarded-proto"))
         .header("x-origin-header-names", names.join(","));
     if let Some(cc) = param("cc") {
         response = response.header("cache-control", cc);
@@ -209,6 +211,8 @@ pub const DEMO_TASKS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct DemoAddrs {
     pub edge: SocketAddr,
+    /// The edge's HTTPS listener (HTTP/2 and HTTP/1.1), with a certificate made at start.
+    pub https: SocketAddr,
     pub origin: SocketAddr,
     pub regions: [(&'static str, SocketAddr); 2],
     pub admin: SocketAddr,
@@ -240,7 +244,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
     };
     Config {
         role: Role::Region,
-        listen,
+        listeners: vec![ListenerSpec::plain(listen)],
         threads: 1,
         admin: None,
         key_source: None,
@@ -269,7 +273,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
     };
     Config {
         role: Role::Edge,
-        listen: addrs.edge,
+        listeners: vec![ListenerSpec::plain(addrs.edge), https_listener(addrs.https)],
         threads: 2,
         admin: Some(AdminSpec {
             listen: addrs.admin,
@@ -301,6 +305,21 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
         routes: demo_routes(addrs),
+    }
+}
+
+/// HTTPS with a self-signed certificate for `localhost`, made for this run.
+fn https_listener(addr: SocketAddr) -> ListenerSpec {
+    let certificates = crate::tls::Certificates::self_signed(&["localhost"])
+        .map_err(|e| log::error!("demo: cannot make a certificate: {e:#}"))
+        .ok();
+    ListenerSpec {
+        tls: Some(TlsSpec {
+            certificates: Vec::new(),
+            http2: true,
+            loaded: certificates.map(Arc::new),
+        }),
+        ..ListenerSpec::plain(addr)
     }
 }
 
@@ -390,7 +409,8 @@ fn print_guide(addrs: &DemoAddrs) {
     let base = format!("http://{}", addrs.edge);
     let [(east, east_addr), (west, west_addr)] = addrs.regions;
     println!("Poplar demo is up.");
-    println!("  edge     {base}");
+    let https = format!("https://localhost:{}", addrs.https.port());
+    println!("  edge     {base}, and {https} (HTTP/2; a certificate made for this run)");
     println!(
         "           /hello (auto, home region {east}), /echo (auto), /json (always in a region),"
     );
@@ -412,6 +432,9 @@ fn print_guide(addrs: &DemoAddrs) {
     );
     println!("  curl -i {base}/cached/page      # twice: the second is a cache hit (Cache-Status)");
     println!("  curl -i {base}/some/page        # proxied to the origin");
+    println!(
+        "  curl -i --http2 -k {https}/echo  # HTTPS and HTTP/2 (-k: the demo's own certificate)"
+    );
     println!("  curl -s http://{}/stats", addrs.admin);
     println!();
     println!("Ctrl-C stops it.");

@@ -22,5 +22,6 @@ pub mod proxy;
 pub mod regions;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod wasm;

@@ -44,6 +44,9 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The edge's HTTPS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        https: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9000")]
         origin: SocketAddr,
         /// The two regions' addresses.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         }
         Command::Demo {
             listen,
+            https,
             origin,
             regions,
             admin,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         } => {
             let addrs = poplar::demo::DemoAddrs {
                 edge: listen,
+                https,
                 origin,
                 regions: [("us-east", regions[0]), ("eu-west", regions[1])],
                 admin,

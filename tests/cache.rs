@@ -332,7 +332,10 @@ async fn concurrent_misses_run_once() {
     }
     let stats = common::admin_stats(admin).await;
     assert_eq!(stats["placements"]["echo"]["edge/pinned"], 1, "{stats}");
-    assert!(stats["cache"]["coalesced_waits"].as_u64().unwrap() >= 99 + 99);
+    assert!(
+        stats["cache"]["coalesced_waits"].as_u64().unwrap() >= 99 + 99,
+        "{stats}"
+    );
     let _ = bodies;
 }
 

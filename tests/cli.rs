@@ -275,7 +275,7 @@ fn the_admin_endpoint_cannot_share_the_proxys_address() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("admin.listen: is the same address as listen"),
+        stderr.contains("admin.listen: 127.0.0.1:8080 is also in listen"),
         "{stderr}"
     );
 }

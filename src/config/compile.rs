@@ -4,7 +4,6 @@
 //! [`super::prepare`].
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
     if !edge {
         region_keys_only(&file, r);
     }
-    let listen = listen(&file, r);
+    let listeners = super::listen::compile(file.listen, file.admin.as_ref(), base, r);
     let threads = threads(file.threads, r);
     let placement = file
         .placement
@@ -85,7 +84,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
     };
     Some(Config {
         role,
-        listen,
+        listeners,
         threads,
         guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
         grace_period: grace_period(file.grace_period, &tasks, r),
@@ -104,21 +103,6 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         tasks,
         routes,
     })
-}
-
-/// The listening address; the admin endpoint's must be another.
-fn listen(file: &File, r: &mut Reported) -> SocketAddr {
-    let listen = file.listen.unwrap_or_else(|| {
-        r.error("listen", "missing");
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    });
-    if let Some(admin) = &file.admin
-        && admin.listen.unwrap_or(DEFAULT_ADMIN) == listen
-    {
-        let message = "is the same address as listen: one address, one listener";
-        r.error("admin.listen", message);
-    }
-    listen
 }
 
 fn admin(admin: schema::Admin, base: &Path) -> AdminSpec {

@@ -10,6 +10,7 @@
 //! where the YAML or a type is wrong, its line and column.
 
 mod compile;
+mod listen;
 pub mod schema;
 mod source;
 #[cfg(test)]
@@ -22,6 +23,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use listen::{ListenerSpec, TlsSpec};
+
 /// The environment variable holding the forwarding key when no `key_file` is given.
 pub const FORWARDING_KEY_ENV: &str = "POPLAR_FORWARDING_KEY";
 const MIN_KEY_BYTES: usize = 16;
@@ -30,7 +33,8 @@ const MIN_KEY_BYTES: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub role: Role,
-    pub listen: SocketAddr,
+    /// Never empty once compiled.
+    pub listeners: Vec<ListenerSpec>,
     /// Worker threads for the proxy service (Pingora's `threads`).
     pub threads: usize,
     /// The level guests' output is logged at.
@@ -58,6 +62,16 @@ pub struct Config {
     pub tasks: BTreeMap<String, TaskSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,
+}
+
+impl Config {
+    /// The first listener's address: where a server started in a test or the demo is
+    /// reached.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |l| l.addr)
+    }
 }
 
 /// The access log's destination and format.
@@ -437,6 +451,7 @@ pub fn prepare(
     if let Some(admin) = &mut config.admin {
         admin.token = admin_token(admin, &env, &mut errors);
     }
+    listen::load_certificates(&mut config.listeners, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {

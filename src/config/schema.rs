@@ -23,9 +23,10 @@ pub struct File {
     /// `edge` or `region`.
     #[schemars(required)]
     pub role: Option<Role>,
-    /// The proxy's listening address, `ip:port`.
+    /// Where the proxy listens: one plain HTTP address (`ip:port`), or a list of listeners,
+    /// each plain or TLS.
     #[schemars(required)]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<Listen>,
     /// Worker threads (default: one per core).
     pub threads: Option<usize>,
     /// The level guests' stdout and stderr lines are logged at, under the target
@@ -58,6 +59,75 @@ pub struct File {
     /// Edge only: what each request is matched to.
     #[schemars(with = "Option<Vec<Route>>")]
     pub routes: Option<Vec<Option<Route>>>,
+}
+
+/// `listen:` one address, or listeners.
+#[derive(Debug, JsonSchema)]
+#[serde(untagged)]
+pub enum Listen {
+    /// One plain HTTP/1.1 listener.
+    Address(SocketAddr),
+    Listeners(Vec<Listener>),
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Listen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address (ip:port) or a list of listeners")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Listen, E> {
+                s.parse().map(Listen::Address).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Listen, A::Error> {
+                let d = serde::de::value::SeqAccessDeserializer::new(seq);
+                Vec::deserialize(d).map(Listen::Listeners)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port`.
+    #[schemars(required)]
+    pub address: Option<SocketAddr>,
+    /// Makes it an HTTPS listener.
+    pub tls: Option<Tls>,
+    /// Plain listeners: HTTP/2 with prior knowledge (h2c) beside HTTP/1.1 (default false).
+    pub h2c: Option<bool>,
+    /// Plain listeners: answer every request with a `308` to the same URL over HTTPS, on the
+    /// first TLS listener's port (default false).
+    pub redirect_https: Option<bool>,
+}
+
+/// A TLS listener's settings: TLS 1.2 and 1.3 only.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificates, chosen by the name the client asks for (SNI) among each one's DNS
+    /// names (wildcards included); the first one for clients that name none, or another.
+    #[schemars(required)]
+    pub certificates: Option<Vec<Certificate>>,
+    /// Whether HTTP/2 is offered by ALPN beside HTTP/1.1 (default true).
+    pub http2: Option<bool>,
+}
+
+/// A certificate and its key, PEM files relative to the config's folder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// The certificate chain: the server's certificate first, then intermediates.
+    #[schemars(required)]
+    pub cert: Option<String>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(required)]
+    pub key: Option<String>,
 }
 
 /// A `log` level.

@@ -34,12 +34,15 @@ use crate::routing::{Route, Router};
 use crate::upstream;
 
 /// The edge proxy.
+/// Cheap to clone (one per proxy service): its parts are shared.
+#[derive(Clone)]
 pub struct Edge {
     pub(super) parts: Parts,
-    ids: RequestIds,
+    ids: Arc<RequestIds>,
 }
 
 /// What an edge is made of.
+#[derive(Clone)]
 pub struct Parts {
     /// The config in force: a reload stores a new one; each request takes the one in force
     /// when it arrives and keeps it to its end.
@@ -52,6 +55,8 @@ pub struct Parts {
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Plain listeners that send every request to HTTPS, with the port they send it to.
+    pub redirects: Arc<[(SocketAddr, u16)]>,
 }
 
 /// What a reload replaces, whole ([`Parts::live`]).
@@ -88,6 +93,8 @@ pub struct Ctx {
     route: Option<usize>,
     /// The client's address, as this edge's peer.
     peer: Option<std::net::IpAddr>,
+    /// Whether the client came over TLS.
+    pub(super) tls: bool,
     /// This request's id in logs, the guest's included, and sent to a region with it: from
     /// `request_id_header` when the request has a usable one, else made here.
     request_id: Arc<str>,
@@ -108,8 +115,20 @@ impl Edge {
     pub fn new(parts: Parts) -> Edge {
         Edge {
             parts,
-            ids: RequestIds::new(),
+            ids: Arc::new(RequestIds::new()),
         }
+    }
+
+    /// The HTTPS port to send this plain request to, when its listener redirects.
+    fn redirect_port(&self, session: &Session) -> Option<u16> {
+        if self.parts.redirects.is_empty() {
+            return None;
+        }
+        let local = session.server_addr()?.as_inet()?;
+        let listener = self.parts.redirects.iter().find(|(addr, _)| {
+            addr.port() == local.port() && (addr.ip().is_unspecified() || addr.ip() == local.ip())
+        });
+        listener.map(|(_, port)| *port)
     }
 
     /// Places a task request: answers it inline (`Ok(true)`), or sets up its forward.
@@ -147,6 +166,7 @@ impl Edge {
                     may_fall_back: reason == Reason::Hot,
                     body: ctx.body.clone(),
                     cache: ctx.cache.as_deref_mut().map(|c| (&*self.parts.cache, c)),
+                    https: ctx.tls,
                 };
                 match task::serve(session, run).await? {
                     Served::Answered => {
@@ -291,7 +311,7 @@ impl Edge {
             Phase::Refresh(mut cache_ctx) => {
                 let (headers, trusted) =
                     (&mut cache_ctx.filing.request.headers, &live.trusted_proxies);
-                forwarded_for_filed(headers, ctx.peer, trusted);
+                forwarded_for_filed(headers, ctx.peer, ctx.tls, trusted);
                 self.refresh(live, route, cache_ctx);
                 Ok(true)
             }
@@ -391,6 +411,7 @@ impl ProxyHttp for Edge {
             host: None,
             route: None,
             peer: None,
+            tls: false,
             request_id: Arc::default(),
             _in_flight: Some(self.parts.in_flight.enter()),
         }
@@ -406,6 +427,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -417,6 +439,17 @@ impl ProxyHttp for Edge {
                 respond::error(session, ErrorKind::BadRequest, &e).await?;
                 return Ok(true);
             }
+        }
+        if !ctx.tls
+            && let Some(port) = self.redirect_port(session)
+        {
+            let Some(host) = ctx.host.as_deref() else {
+                let detail = "a redirect to HTTPS needs a Host";
+                respond::error(session, ErrorKind::BadRequest, detail).await?;
+                return Ok(true);
+            };
+            respond::to_https(session, host, port).await?;
+            return Ok(true);
         }
         let (req, live) = (session.req_header(), ctx.live.clone());
         let Some(route) =
@@ -432,7 +465,12 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         // The request goes on: to an origin, a region or a task.
-        forwarded_for(session.req_header_mut(), ctx.peer, &live.trusted_proxies)?;
+        forwarded_for(
+            session.req_header_mut(),
+            ctx.peer,
+            ctx.tls,
+            &live.trusted_proxies,
+        )?;
         match &route.target {
             Target::Origin(addr) => {
                 ctx.answered = Some(Answered::Origin);

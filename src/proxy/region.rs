@@ -25,12 +25,14 @@ use crate::regions::health::HEALTH_PATH;
 use crate::regions::signing::{self, Rejection, Seen, Verified};
 use crate::wasm::{Runtime, Task};
 
+/// Cheap to clone: what a request changes is shared.
+#[derive(Clone)]
 pub struct RegionServer {
     runtime: Arc<Runtime>,
     tasks: HashMap<String, Arc<Task>>,
     key: ForwardingKey,
     /// Signatures accepted within the skew window: each is accepted once.
-    seen: Seen,
+    seen: Arc<Seen>,
     /// Replayed signatures refused.
     pub replays: Arc<AtomicU64>,
     /// Requests being served, for a graceful stop and `/metrics`.
@@ -56,7 +58,7 @@ impl RegionServer {
             runtime,
             tasks,
             key,
-            seen: Seen::new(),
+            seen: Arc::new(Seen::new()),
             replays: Arc::new(AtomicU64::new(0)),
             in_flight: InFlight::default(),
             access_log: None,
@@ -165,6 +167,9 @@ impl ProxyHttp for RegionServer {
             return Ok(true);
         };
         strip_poplar_headers(session.req_header_mut());
+        // The edge that signed the request says how its client came.
+        let proto = session.req_header().headers.get("x-forwarded-proto");
+        let https = proto.is_some_and(|p| p.as_bytes() == b"https");
         let run = Inline {
             runtime: &self.runtime,
             task,
@@ -174,6 +179,7 @@ impl ProxyHttp for RegionServer {
             may_fall_back: false,
             body,
             cache: None,
+            https,
         };
         task::serve(session, run).await?;
         Ok(true)

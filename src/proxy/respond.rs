@@ -16,6 +16,24 @@ pub async fn error(session: &mut Session, kind: ErrorKind, detail: &str) -> Resu
     error_with(session, kind, detail, None, None).await
 }
 
+/// A `308` to the request's URL over HTTPS on `port` (omitted when 443), as a plain
+/// listener with `redirect_https` answers; `host` is the request's, normalised.
+pub async fn to_https(session: &mut Session, host: &str, port: u16) -> Result<()> {
+    let target = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        port => format!("https://{host}:{port}{target}"),
+    };
+    let mut head = ResponseHeader::build(308, Some(3))?;
+    head.insert_header(http::header::LOCATION, location)?;
+    head.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    session.write_response_header(Box::new(head), true).await
+}
+
 /// [`error`], with what the client may be told beyond the kind's message (`shown`, after a
 /// colon), and one more header (a `Cache-Status`).
 pub async fn error_with(

@@ -51,6 +51,8 @@ pub struct Inline<'a> {
     pub body: Option<Bytes>,
     /// The cache to record the answer in, on a cacheable route.
     pub cache: Option<(&'a Cache, &'a mut CacheCtx)>,
+    /// Whether the client came over TLS: the guest sees scheme `https`.
+    pub https: bool,
 }
 
 /// How an inline run ended.
@@ -67,7 +69,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     let Some(body) = body_for(session, &mut run).await? else {
         return Ok(Served::Answered);
     };
-    let request = guest_request(session, body);
+    let request = guest_request(session, body, run.https);
     let started = Instant::now();
     let Some(slot) = slot_for(session, &mut run, started).await? else {
         return Ok(Served::Answered);
@@ -264,8 +266,20 @@ pub(super) async fn read_body(session: &mut Session, max_body: u64) -> Result<By
     }
 }
 
-fn guest_request(session: &Session, body: Bytes) -> http::Request<Full<Bytes>> {
-    let parts = session.req_header().as_owned_parts();
+/// The request as the guest sees it: `https://host/path` for a client that came over TLS
+/// (wasi:http's scheme and authority), as received otherwise.
+fn guest_request(session: &Session, body: Bytes, https: bool) -> http::Request<Full<Bytes>> {
+    let mut parts = session.req_header().as_owned_parts();
+    if https {
+        let host = parts.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        let authority = host.and_then(|h| http::uri::Authority::try_from(h).ok());
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        if let Some(authority) = authority {
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority = Some(authority);
+        }
+        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+    }
     http::Request::from_parts(parts, Full::new(body))
 }
 

@@ -27,6 +27,7 @@ use crate::proxy::{Edge, EdgeParts, RegionServer};
 use crate::regions::HealthChecker;
 use crate::wasm::{self, Capacity, Runtime, Task};
 
+mod listeners;
 mod reload;
 mod services;
 pub use reload::{Reloaded, Reloader};
@@ -144,11 +145,16 @@ fn add_edge(
     // Always: a reload may bring the first region.
     let checker = HealthChecker::new(reloader.regions.clone(), edge.client.clone());
     server.add_service(background_service("region health checks", checker));
-    let conf = &server.configuration;
-    let mut service =
-        pingora_proxy::http_proxy_service_with_name(conf, Edge::new(edge), "poplar edge");
-    service.add_tcp(&config.listen.to_string());
-    server.add_service(service).add_dependency(shared.hand_over);
+    let edge = Edge::new(edge);
+    let resolvers = listeners::add(
+        server,
+        &config.listeners,
+        edge,
+        "poplar edge",
+        shared.hand_over,
+    )
+    .map_err(|e| fail(source, vec![e]))?;
+    *reloader.resolvers.lock().unwrap_or_else(|p| p.into_inner()) = resolvers;
     let reloader = Arc::new(reloader);
     if signals {
         let on_hup = ReloadOnHangUp {
@@ -183,10 +189,14 @@ fn add_region(
         runtime: Some(region.runtime().clone()),
         access_log: shared.access_log,
     };
-    let conf = &server.configuration;
-    let mut service = pingora_proxy::http_proxy_service_with_name(conf, region, "poplar region");
-    service.add_tcp(&config.listen.to_string());
-    server.add_service(service).add_dependency(shared.hand_over);
+    listeners::add(
+        server,
+        &config.listeners,
+        region,
+        "poplar region",
+        shared.hand_over,
+    )
+    .map_err(|e| fail(source, vec![e]))?;
     Ok(sources)
 }
 
@@ -239,6 +249,7 @@ fn edge(
         regions,
         runtime,
         counters: counters.clone(),
+        resolvers: std::sync::Mutex::default(),
     };
     let parts = EdgeParts {
         live,
@@ -248,6 +259,9 @@ fn edge(
         client: Arc::default(),
         in_flight,
         access_log,
+        redirects: (config.listeners.iter())
+            .filter_map(|l| Some((l.addr, l.redirect_https?)))
+            .collect(),
     };
     Ok((parts, reloader))
 }
@@ -361,11 +375,9 @@ fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
 /// Pingora would retry it in a listener thread that then panics with the process still up.
 pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
     let mut problems = Vec::new();
-    let listeners = [
-        ("listen", Some(config.listen)),
-        ("admin.listen", config.admin.as_ref().map(|a| a.listen)),
-    ];
-    for (key, addr) in listeners.into_iter().filter_map(|(k, a)| Some((k, a?))) {
+    let listeners = config.listeners.iter().map(|l| ("listen", l.addr));
+    let admin = config.admin.as_ref().map(|a| ("admin.listen", a.listen));
+    for (key, addr) in listeners.chain(admin) {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             problems.push(format!("cannot listen on {addr} ({key}): {e}"));
         }
@@ -422,19 +434,21 @@ impl Running {
         let server = build_with(config, source, built)?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
-            .name(format!("poplar {}", config.listen))
+            .name(format!("poplar {}", config.addr()))
             .spawn(move || {
                 server.run(RunArgs {
                     shutdown_signal: Box::new(StopWatch(stopped)),
                 })
             })?;
         let running = Running {
-            addr: config.listen,
+            addr: config.addr(),
             clock,
             stop,
             thread: Some(thread),
         };
-        wait_until_listening(config.listen, Duration::from_secs(20))?;
+        for listener in &config.listeners {
+            wait_until_listening(listener.addr, Duration::from_secs(20))?;
+        }
         Ok(running)
     }
 

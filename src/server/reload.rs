@@ -35,6 +35,8 @@ pub struct Reloader {
     pub(super) regions: Arc<ArcSwap<Regions>>,
     pub(super) runtime: Arc<Runtime>,
     pub(super) counters: Arc<Counters>,
+    /// The TLS listeners' certificate choice: a reload reads the files again and swaps.
+    pub(super) resolvers: Mutex<super::listeners::Resolvers>,
 }
 
 /// What a reload changed: its log line and `POST /reload`'s answer.
@@ -46,6 +48,8 @@ pub struct Reloaded {
     pub tasks_kept: Vec<String>,
     pub tasks_removed: Vec<String>,
     pub regions: usize,
+    /// TLS listeners whose certificates were read again (renewed ones take effect).
+    pub tls_listeners: usize,
 }
 
 impl Reloader {
@@ -59,11 +63,28 @@ impl Reloader {
         let old = self.live.load_full();
         let live = live(&config, &self.source, &self.runtime, Some(&old))?;
         self.counters.add(config.tasks.keys().map(String::as_str));
-        let reloaded = summary(&current, &config, &old, &live);
+        let mut reloaded = summary(&current, &config, &old, &live);
+        reloaded.tls_listeners = self.replace_certificates(&config);
         self.regions.store(live.regions.clone());
         self.live.store(Arc::new(live));
         *current = config;
         Ok(reloaded)
+    }
+}
+
+impl Reloader {
+    /// Swaps each TLS listener's certificates for those `config` read; how many.
+    fn replace_certificates(&self, config: &Config) -> usize {
+        let resolvers = self.resolvers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replaced = 0;
+        for (addr, resolver) in resolvers.iter() {
+            let listener = config.listeners.iter().find(|l| l.addr == *addr);
+            if let Some(loaded) = listener.and_then(|l| l.tls.as_ref()?.loaded.clone()) {
+                resolver.replace(loaded);
+                replaced += 1;
+            }
+        }
+        replaced
     }
 }
 
@@ -85,7 +106,11 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
         }
     };
     check("role", old.role == new.role);
-    check("listen", old.listen == new.listen);
+    let mut listeners = (old.listeners.iter()).zip(&new.listeners);
+    check(
+        "listen",
+        old.listeners.len() == new.listeners.len() && listeners.all(|(a, b)| a.same_socket(b)),
+    );
     check("threads", old.threads == new.threads);
     check("admin", old.admin == new.admin);
     check("access_log", old.access_log == new.access_log);
@@ -202,6 +227,7 @@ fn summary(before: &Config, after: &Config, old: &Live, new: &Live) -> Reloaded 
         tasks_kept: Vec::new(),
         tasks_removed: Vec::new(),
         regions: after.regions.len(),
+        tls_listeners: 0,
     };
     for (name, spec) in &after.tasks {
         let kept = before

@@ -99,13 +99,17 @@ impl Task {
             );
         }
 
+        let scheme = match request.uri().scheme() {
+            Some(s) if *s == http::uri::Scheme::HTTPS => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let mut store = self.store(&request_id, deadline);
         let (tx, rx) = oneshot::channel();
         let prepared: wasmtime::Result<_> = (|| {
             let req = store
                 .data_mut()
                 .http()
-                .new_incoming_request(Scheme::Http, request)?;
+                .new_incoming_request(scheme, request)?;
             let out = store.data_mut().http().new_response_outparam(tx)?;
             Ok((req, out))
         })();

@@ -1,7 +1,8 @@
 //! `echo`: answers with the request body and a selection of the request's headers.
 //!
 //! The body comes back unchanged, with the request's `content-type`. The method and
-//! path come back as `x-echo-method` and `x-echo-path`, and every request header
+//! path come back as `x-echo-method` and `x-echo-path`, the whole URI as the guest sees it
+//! (scheme and authority included) as `x-echo-uri`, and every request header
 //! whose name starts with `x-echo-` is returned as it was sent. `?sleep_ms=N` waits N
 //! milliseconds (on a WASI clock) before answering: a slow task, for tests; and a request header
 //! `x-echo-set-NAME: VALUE` becomes the response header `NAME: VALUE`.
@@ -24,7 +25,8 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
 
     let mut response = Response::builder()
         .header("x-echo-method", parts.method.as_str())
-        .header("x-echo-path", parts.uri.path());
+        .header("x-echo-path", parts.uri.path())
+        .header("x-echo-uri", parts.uri.to_string());
     if let Some(content_type) = parts.headers.get("content-type") {
         response = response.header("content-type", content_type);
     }

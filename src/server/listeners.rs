@@ -1,0 +1,69 @@
+//! A config's listeners on Pingora's proxy services: plain ones by address, TLS ones with
+//! their certificates chosen per handshake ([`crate::tls::Resolver`]) and ALPN `h2` and
+//! `http/1.1`. Pingora takes h2c (HTTP/2 with prior knowledge) per service, not per
+//! listener, so plain listeners with `h2c` get a service of their own, sharing the proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::Server;
+use pingora_core::services::ServiceHandle;
+use pingora_proxy::ProxyHttp;
+
+use crate::config::{ConfigError, ListenerSpec};
+use crate::tls::Resolver;
+
+/// A TLS listener's certificate choice, by its address: what a reload replaces.
+pub type Resolvers = Vec<(SocketAddr, Arc<Resolver>)>;
+
+/// Adds `proxy` to `server` on every listener, each service starting after `hand_over`.
+pub(super) fn add<P>(
+    server: &mut Server,
+    listeners: &[ListenerSpec],
+    proxy: P,
+    name: &str,
+    hand_over: &ServiceHandle,
+) -> Result<Resolvers, ConfigError>
+where
+    P: ProxyHttp + Clone + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
+    let mut resolvers = Vec::new();
+    for h2c in [false, true] {
+        let group: Vec<&ListenerSpec> = listeners.iter().filter(|l| l.h2c == h2c).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let conf = &server.configuration;
+        let mut service = pingora_proxy::http_proxy_service_with_name(conf, proxy.clone(), name);
+        if h2c && let Some(app) = service.app_logic_mut() {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        for listener in group {
+            let addr = listener.addr.to_string();
+            let Some(tls) = &listener.tls else {
+                service.add_tcp(&addr);
+                continue;
+            };
+            let Some(certificates) = tls.loaded.clone() else {
+                let message = "certificates not loaded (the config was not prepared)";
+                return Err(ConfigError::new("listen", message));
+            };
+            let resolver = Arc::new(Resolver::new(certificates));
+            let mut settings = TlsSettings::intermediate("", "")
+                .map_err(|e| ConfigError::new("listen", format!("{addr}: {e}")))?;
+            settings.set_cert_resolver(resolver.clone());
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(&addr, None, settings);
+            resolvers.push((listener.addr, resolver));
+        }
+        server.add_service(service).add_dependency(hand_over);
+    }
+    Ok(resolvers)
+}
