@@ -7,6 +7,11 @@
 #   4. origin route (plain reverse proxy)                vs  nginx `proxy_pass`, same origin
 #   5. forwarded task, edge to region                    vs  the same task asked of the region directly
 #   (1 and 4 also run Pingora alone, examples/bare_pingora.rs: what Poplar adds to Pingora)
+#   https: cache hit over HTTPS, keep-alive                vs  nginx `proxy_cache` over HTTPS
+#   https-origin: origin route over HTTPS, keep-alive      vs  nginx `proxy_pass` over HTTPS
+#   handshake: a new TLS connection per request (cache hit) vs nginx, the same
+#   h2: cache hit over HTTP/2, h2load 4 connections x 32 streams vs nginx `http2`
+#   (TLS: the same certificate, conf/certs/localhost.pem, ECDSA P-256; TLS 1.3 both)
 #   6. mixed: requests spread over 1,000 distinct tasks (1,000 builds of hello, told apart by
 #      a custom section, so each is compiled and held on its own) with a Zipf distribution
 #      (scripts/zipf.lua), two regions behind relays adding 20 ms and 60 ms round trips
@@ -24,7 +29,7 @@
 #   BENCH_SCENARIOS="inline mixed" scripts/bench.sh  runs only those (the report then only
 #                                                    has them: do not commit it)
 #
-# Needs wrk and nginx (installed from Debian's packages if missing) and wasmtime-cli at the
+# Needs wrk, nginx and h2load (installed from Debian's packages if missing) and wasmtime-cli at the
 # version Poplar embeds (built with `cargo install` into target/tools if missing: ~15 min once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +38,7 @@ duration=${1:-8}
 connections=${2:-32}
 wasmtime_version=48.0.8
 
-scripts/setup.sh wrk nginx
+scripts/setup.sh wrk nginx h2load:nghttp2-client
 scripts/build-tasks.sh
 cargo build --release --quiet --bin poplar --example relay --example bare_pingora
 wasmtime="$root/target/tools/bin/wasmtime"
@@ -60,6 +65,8 @@ wait_for() { # url (patience: tenths of a second, default 200)
 edge=$(free_port); region=$(free_port); origin=$(free_port); wasmserve=$(free_port)
 bare_static=$(free_port); bare_proxy=$(free_port)
 nginx_static=$(free_port); nginx_proxy=$(free_port); nginx_cache=$(free_port)
+edge_tls=$(free_port); nginx_tls=$(free_port)
+cert="$root/conf/certs/localhost.pem"; cert_key="$root/conf/certs/localhost.key"
 key="bench-forwarding-key-$(date +%s)"
 
 # The origin: its own nginx, one worker.
@@ -99,6 +106,18 @@ http {
       proxy_cache hits; proxy_cache_valid 200 1h;
     }
   }
+  server {
+    listen 127.0.0.1:$nginx_tls ssl http2;
+    ssl_certificate $cert; ssl_certificate_key $cert_key; ssl_protocols TLSv1.2 TLSv1.3;
+    # nginx closes a connection after 1,000 requests by default, and h2load does not open
+    # another: as Poplar, no limit.
+    keepalive_requests 100000000;
+    location /cached {
+      proxy_pass http://poplar; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache hits; proxy_cache_valid 200 1h;
+    }
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
 }
 NGINX
 
@@ -111,7 +130,10 @@ tasks:
 YAML
 cat > "$work/edge.yaml" <<YAML
 role: edge
-listen: "127.0.0.1:$edge"
+listen:
+  - address: "127.0.0.1:$edge"
+  - address: "127.0.0.1:$edge_tls"
+    tls: { certificates: [{ cert: $cert, key: $cert_key }] }
 threads: 1
 regions:
   region: { address: "127.0.0.1:$region" }
@@ -156,6 +178,8 @@ wait_for "http://127.0.0.1:$nginx_static/"
 curl -s -o /dev/null "http://127.0.0.1:$edge/cached?name=wrk"
 curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
 curl -s -o /dev/null "http://127.0.0.1:$nginx_cache/cached?name=wrk"
+curl -sk -o /dev/null "https://127.0.0.1:$nginx_tls/cached?name=wrk"
+curl -sk -o /dev/null "https://127.0.0.1:$nginx_tls/cached?name=wrk"
 
 # Signatures for asking the region directly, as an edge signs (v2, docs/SECURITY.md): a
 # region accepts each signature once, so every request of the run has its own, made just
@@ -179,7 +203,7 @@ PY
 
 results="$work/results.tsv"
 : > "$results"
-scenarios=${BENCH_SCENARIOS:-static inline cache origin forward mixed}
+scenarios=${BENCH_SCENARIOS:-static inline cache origin forward https https-origin handshake h2 mixed}
 # Scenarios 1-5 run `rounds` times, their servers taking turns within a round, and the report
 # takes each server's median: one run alone moves 10% or more on this shared machine.
 rounds=${BENCH_ROUNDS:-3}
@@ -196,26 +220,46 @@ cpu_ticks() {
   done
   echo "$u $s"
 }
-run() { # scenario, server, pid, url, [wrk script]
+run() { # scenario, server, pid, url, [wrk script], [request header]
   wanted "$1" || return 0
   local args=(-t1 -c"$connections" -d"${duration}s" --latency)
   [ -n "${5:-}" ] && args+=(-s "$5")
+  [ -n "${6:-}" ] && args+=(-H "$6")
   local out before after
   before=($(cpu_ticks "$3"))
   out=$(wrk "${args[@]}" "$4")
   after=($(cpu_ticks "$3"))
-  local rps p50 p99 errors rss requests user sys
+  local rps p50 p99 errors
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errors=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out" | tr -s ' ' | tr '\n' ' ')
+  record "$1" "$2" "$3" "$rps" "$p50" "$p99" "$errors" "$(awk '/requests in/ {print $1}' <<<"$out")"
+}
+# HTTP/2: h2load, 4 connections of 32 streams each, for `duration` seconds.
+run_h2() { # scenario, server, pid, url
+  wanted "$1" || return 0
+  local out before after
+  before=($(cpu_ticks "$3"))
+  out=$(h2load -c4 -m32 -D"$duration" "$4" 2>&1)
+  after=($(cpu_ticks "$3"))
+  local rps mean max errors requests
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  # h2load reports no percentiles: the mean and the largest request time stand in.
+  read -r mean max < <(awk '/^time for request:/ {print $6, $5}' <<<"$out")
+  requests=$(awk '/^requests:/ {print $8}' <<<"$out")
+  errors=$(awk '/^requests:/ && ($10 + $12 > 0) {print $10 " failed, " $12 " errored"}' <<<"$out")
+  record "$1" "$2" "$3" "$rps" "$mean" "$max" "$errors" "$requests"
+}
+record() { # scenario, server, pid, rps, p50, p99, errors, requests
+  local rss user sys
   rss=$(ps -o rss= -p "$(processes "$3" | tr ' ' ,)" | awk '{s += $1} END {print s}')
-  # The server's CPU per request, user and system, in microseconds.
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  read -r user sys < <(python3 -c "t, n = $(getconf CLK_TCK), max($requests, 1)
+  # The server's CPU per request, user and system, in microseconds (`before` and `after`
+  # are the caller's).
+  read -r user sys < <(python3 -c "t, n = $(getconf CLK_TCK), max(${8:-0}, 1)
 print(f'{($((after[0] - before[0]))) * 1e6 / t / n:.1f} {($((after[1] - before[1]))) * 1e6 / t / n:.1f}')")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" "$p50" "$p99" "${errors:-none}" "$rss" "$user" "$sys" >> "$results"
-  printf '%-10s %-34s %10s %9s %9s %8s KiB %6s+%-6s us/req  %s\n' "$1" "$2" "$rps" "$p50" "$p99" "$rss" "$user" "$sys" "${errors:-}"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$4" "$5" "$6" "${7:-none}" "$rss" "$user" "$sys" >> "$results"
+  printf '%-10s %-34s %10s %9s %9s %8s KiB %6s+%-6s us/req  %s\n' "$1" "$2" "$4" "$5" "$6" "$rss" "$user" "$sys" "${7:-}"
 }
 nginx_ref_pid=$(cat "$work/nginx-ref.pid")
 echo "wrk -t1 -c$connections -d${duration}s, one scenario after another, $rounds rounds; $(nproc) cores; RUST_BACKTRACE unset"
@@ -236,6 +280,14 @@ for round in $(seq "$rounds"); do
   if wanted forward; then signatures "$work/signed.txt"; fi
   export SIGNED_FILE="$work/signed.txt"
   run forward "poplar region, direct" "$region_pid" "http://127.0.0.1:$region/forwarded?name=wrk" scripts/signed.lua
+  run https "poplar cache hit, HTTPS" "$edge_pid" "https://127.0.0.1:$edge_tls/cached?name=wrk"
+  run https "nginx proxy_cache hit, HTTPS" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/cached?name=wrk"
+  run https-origin "poplar origin route, HTTPS" "$edge_pid" "https://127.0.0.1:$edge_tls/origin"
+  run https-origin "nginx proxy_pass, HTTPS" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/origin"
+  run handshake "poplar, TLS handshake per request" "$edge_pid" "https://127.0.0.1:$edge_tls/cached?name=wrk" "" "Connection: close"
+  run handshake "nginx, TLS handshake per request" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/cached?name=wrk" "" "Connection: close"
+  run_h2 h2 "poplar cache hit, HTTP/2" "$edge_pid" "https://127.0.0.1:$edge_tls/cached?name=wrk"
+  run_h2 h2 "nginx proxy_cache hit, HTTP/2" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/cached?name=wrk"
 done
 
 # 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.

@@ -16,6 +16,10 @@ TARGETS = {
     "cache": ("poplar cache hit", "nginx proxy_cache hit", 1.2, True),
     "origin": ("poplar origin route", "nginx proxy_pass", 1.0, True),
     "forward": ("poplar edge to region", "poplar region, direct", 0.6, False),
+    "https": ("poplar cache hit, HTTPS", "nginx proxy_cache hit, HTTPS", 1.2, True),
+    "https-origin": ("poplar origin route, HTTPS", "nginx proxy_pass, HTTPS", 1.0, True),
+    "handshake": ("poplar, TLS handshake per request", "nginx, TLS handshake per request", 1.0, False),
+    "h2": ("poplar cache hit, HTTP/2", "nginx proxy_cache hit, HTTP/2", 1.2, False),
 }
 
 # scenario: (poplar row, Pingora-alone row, nginx row)

@@ -430,7 +430,11 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
         let local_addr = stream
             .get_socket_digest()
             .and_then(|digest| digest.local_addr().and_then(|addr| addr.as_inet()).copied());
-        let tls_stream = tls::connect(stream, peer, alpn_override, tls_ctx)
+        // Poplar patch: the TLS handshake's future boxed, not inlined. Inlined, it (a rustls
+        // client connection and its buffers) sits in the state of every request's future,
+        // which Pingora moves into a Box once per request: thousands of bytes copied per
+        // request, TLS or not, for a state only a new TLS connection to an upstream enters.
+        let tls_stream = Box::pin(tls::connect(stream, peer, alpn_override, tls_ctx))
             .await
             .map_err(|e| attach_connect_local_addr(e, local_addr))?;
         Ok(Box::new(tls_stream))
