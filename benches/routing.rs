@@ -8,7 +8,7 @@ use poplar::routing::Router;
 use std::hint::black_box;
 
 fn table(n: usize) -> Vec<RouteSpec> {
-    let origin = Target::Origin(([127, 0, 0, 1], 9000).into());
+    let origin = Target::Origin("127.0.0.1:9000".to_string());
     let mut routes: Vec<RouteSpec> = (0..n)
         .map(|i| RouteSpec {
             matcher: Match {

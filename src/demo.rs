@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use crate::config::{
     AdminSpec, CacheSpec, Config, ForwardingKey, HealthSpec, Limits, ListenerSpec, Match, Mode,
-    PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target, TaskSpec, TlsSpec,
+    OriginSpec, PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target,
+    TaskSpec, TlsSpec,
 };
 use crate::server::Running;
 
@@ -259,6 +260,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         health: HealthSpec::default(),
         cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
+        origins: BTreeMap::new(),
         routes: Vec::new(),
     }
 }
@@ -304,6 +306,9 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         health: HealthSpec::default(),
         cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
+        origins: OriginSpec::single(&addrs.origin.to_string())
+            .map(|o| BTreeMap::from([(o.name.clone(), o)]))
+            .unwrap_or_default(),
         routes: demo_routes(addrs),
     }
 }
@@ -355,7 +360,12 @@ fn demo_routes(addrs: &DemoAddrs) -> Vec<RouteSpec> {
         ),
         route("/echo", task("echo"), Mode::Auto, None),
         route("/json", task("json-transform"), Mode::Region, None),
-        route("/", Target::Origin(addrs.origin), Mode::Edge, None),
+        route(
+            "/",
+            Target::Origin(addrs.origin.to_string()),
+            Mode::Edge,
+            None,
+        ),
     ]
 }
 

@@ -17,6 +17,7 @@ pub mod exposition;
 pub mod framing;
 pub mod metrics;
 pub mod normalize;
+pub mod origins;
 pub mod placement;
 pub mod proxy;
 pub mod regions;

@@ -142,7 +142,7 @@ mod tests {
                 path,
                 methods: methods.map(|ms| ms.iter().map(|m| m.to_string()).collect()),
             },
-            target: Target::Origin(([127, 0, 0, 1], origin_port).into()),
+            target: Target::Origin(format!("127.0.0.1:{origin_port}")),
             placement: Mode::Edge,
             region: None,
             cache: None,

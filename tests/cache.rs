@@ -64,7 +64,20 @@ async fn response_times_are_counted_by_where_requests_were_answered() {
             .await
             .unwrap();
     }
-    let latency = &common::admin_stats(admin).await["latency"];
+    // A request is counted in its logging phase, which may run a moment after its answer
+    // reached the client: wait (boundedly) for the three to be counted.
+    let mut stats = common::admin_stats(admin).await;
+    for _ in 0..50 {
+        let counted = ["edge", "cache", "origin"]
+            .iter()
+            .all(|s| stats["latency"][s]["count"] == 1);
+        if counted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stats = common::admin_stats(admin).await;
+    }
+    let latency = &stats["latency"];
     // The run inline, the hit that followed, the origin; the 404 is nowhere.
     for site in ["edge", "cache", "origin"] {
         assert_eq!(latency[site]["count"], 1, "{site}: {latency}");

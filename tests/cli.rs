@@ -64,7 +64,7 @@ routes:
   - match: { path: b }
     task: missing
   - match: { host: "a.test:80", path_prefix: / }
-    origin: localhost:80
+    origin: localhost
 "#,
     );
     let out = poplar().args(["check", "-c"]).arg(&file).output().unwrap();
@@ -80,7 +80,7 @@ routes:
   routes[1].match.path: must start with "/" (line 13, column 20)
   routes[1].task: unknown task "missing" (line 14, column 11)
   routes[2].match.host: must be a host name such as example.com or *.example.com, without port (line 15, column 20)
-  routes[2].origin: invalid socket address syntax (line 16, column 13)
+  routes[2].origin: "localhost" needs a port (host:port); or name a pool in origins (line 16, column 13)
   tasks.bad name.wasm: cannot read "DIR/nowhere.wasm": No such file or directory (os error 2)
 "#;
     assert_eq!(stderr, expected);

@@ -210,7 +210,7 @@ proptest! {
 fn router() -> Router {
     let spec = |matcher: Match, port: u16| RouteSpec {
         matcher,
-        target: Target::Origin(([127, 0, 0, 1], port).into()),
+        target: Target::Origin(format!("127.0.0.1:{port}")),
         placement: Mode::Edge,
         region: None,
         cache: None,

@@ -30,6 +30,7 @@ const EDGE_ONLY: &str = "applies to edges only";
 pub struct Declared {
     pub tasks: Vec<String>,
     pub regions: Vec<String>,
+    pub origins: Vec<String>,
 }
 
 impl Declared {
@@ -42,6 +43,7 @@ impl Declared {
         Declared {
             tasks: keys("tasks"),
             regions: keys("regions"),
+            origins: keys("origins"),
         }
     }
 }
@@ -72,6 +74,8 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
     } else {
         Vec::new()
     };
+    let mut origins = super::origins::compile(file.origins, base, r);
+    super::origins::add_route_servers(&routes, &mut origins);
     if !declared.regions.is_empty() && placement.inline_limits.max_body > REPLAYABLE_BODY {
         let message = "must be at most 64KiB with regions: a body read for an inline try is replayed to a region on fallback";
         r.error("placement.inline_limits.max_body", message);
@@ -101,6 +105,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         trusted_proxies: trusted_proxies(file.trusted_proxies.unwrap_or_default(), r),
         request_id_header: file.request_id_header.and_then(|n| header_name(&n, r)),
         tasks,
+        origins,
         routes,
     })
 }
@@ -173,6 +178,7 @@ fn threads(threads: Option<usize>, r: &mut Reported) -> usize {
 fn region_keys_only(file: &File, r: &mut Reported) {
     let present = [
         ("regions", !file.regions.is_empty()),
+        ("origins", !file.origins.is_empty()),
         ("health", file.health.is_some()),
         ("cache", file.cache.is_some()),
         ("routes", file.routes.is_some()),
@@ -403,7 +409,15 @@ fn route(
             r.error(join(path, "task"), format!("unknown task {name:?}"));
             None
         }
-        (None, Some(origin)) => Some(Target::Origin(origin)),
+        (None, Some(origin)) if declared.origins.contains(&origin) => Some(Target::Origin(origin)),
+        (None, Some(origin)) => match super::origins::ServerSpec::parse(&origin) {
+            Ok(_) => Some(Target::Origin(origin)),
+            Err(e) => {
+                let message = format!("{e}; or name a pool in origins");
+                r.error(join(path, "origin"), message);
+                None
+            }
+        },
     };
     let is_task = matches!(target, Some(Target::Task(_)));
     if !is_task && (route.placement.is_some() || route.region.is_some()) && target.is_some() {

@@ -11,6 +11,7 @@
 
 mod compile;
 mod listen;
+mod origins;
 pub mod schema;
 mod source;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use listen::{ListenerSpec, TlsSpec};
+pub use origins::{Balance, EjectSpec, OriginHealthSpec, OriginSpec, ServerSpec, Timeouts};
 
 /// The environment variable holding the forwarding key when no `key_file` is given.
 pub const FORWARDING_KEY_ENV: &str = "POPLAR_FORWARDING_KEY";
@@ -60,6 +62,9 @@ pub struct Config {
     /// Where request ids come from when a proxy in front sets them.
     pub request_id_header: Option<http::HeaderName>,
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// Edge only: the origin pools routes name, those written in a route included (named
+    /// by their text).
+    pub origins: BTreeMap<String, OriginSpec>,
     /// Edge only, in config order; [`crate::routing::Router`] decides precedence.
     pub routes: Vec<RouteSpec>,
 }
@@ -317,7 +322,8 @@ pub enum PathMatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Task(String),
-    Origin(SocketAddr),
+    /// A pool in [`Config::origins`], by name.
+    Origin(String),
 }
 
 /// One problem in a config, with where it is.
@@ -452,6 +458,7 @@ pub fn prepare(
         admin.token = admin_token(admin, &env, &mut errors);
     }
     listen::load_certificates(&mut config.listeners, &mut errors);
+    origins::load_cas(&mut config.origins, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {

@@ -45,6 +45,9 @@ pub struct File {
     pub regions: BTreeMap<String, Region>,
     /// Edge only: active health checks of the regions.
     pub health: Option<Health>,
+    /// Edge only: origin pools by name, for routes' `origin:`.
+    #[serde(default)]
+    pub origins: BTreeMap<String, Origin>,
     /// Edge only: the result cache used by routes with `cache:`.
     pub cache: Option<Cache>,
     /// Edge only: proxies (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is kept and
@@ -128,6 +131,72 @@ pub struct Certificate {
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
     #[schemars(required)]
     pub key: Option<String>,
+}
+
+/// A pool of origin servers.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// Each `host:port`, `http://host[:port]` or `https://host[:port]`; a host is an IP
+    /// address or a name (resolved in the background, never on a request's path).
+    #[schemars(required)]
+    pub servers: Option<Vec<String>>,
+    /// `round_robin` (the default) or `path_hash`: each path keeps to one server while that
+    /// server is up (cache locality), by rendezvous hashing.
+    pub balance: Option<super::Balance>,
+    /// The `Host` header sent to the servers (default: the client's).
+    pub host: Option<String>,
+    /// HTTPS servers: a PEM file of the CAs their certificates are checked against, relative
+    /// to the config's folder (default: the system's roots).
+    pub ca: Option<String>,
+    /// HTTPS servers: whether their certificates are checked, chain and name (default true).
+    pub verify: Option<bool>,
+    pub timeouts: Option<OriginTimeouts>,
+    /// Active health checks (default: none; passive ejection only).
+    pub health: Option<OriginHealth>,
+    /// Passive ejection: a server whose requests fail `failures` times in a row (a refused
+    /// connection, or an error after it) is left out for `duration`.
+    pub eject: Option<Eject>,
+    /// How often server names are resolved again (default 30s).
+    pub resolve_every: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginTimeouts {
+    /// To connect (and finish a TLS handshake); default 2s. A refused or timed-out connect
+    /// goes to the next server.
+    pub connect: Option<Dur>,
+    /// Between reads of the answer; default 30s.
+    pub read: Option<Dur>,
+    /// Between writes of the request; default 30s.
+    pub write: Option<Dur>,
+    /// How long an unused connection is kept for reuse; default 60s.
+    pub idle: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OriginHealth {
+    /// `GET` this path; 2xx and 3xx are healthy.
+    #[schemars(required)]
+    pub path: Option<String>,
+    /// Default 5s.
+    pub interval: Option<Dur>,
+    /// Default 2s.
+    pub timeout: Option<Dur>,
+    /// Consecutive failed checks before a server is left out (default 2); one success
+    /// brings it back.
+    pub unhealthy_after: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Eject {
+    /// Default 3.
+    pub failures: Option<u32>,
+    /// Default 10s.
+    pub duration: Option<Dur>,
 }
 
 /// A `log` level.
@@ -262,8 +331,9 @@ pub struct Route {
     pub matcher: Match,
     /// The task that answers (or `origin`).
     pub task: Option<String>,
-    /// The origin proxied to, `ip:port` (or `task`).
-    pub origin: Option<SocketAddr>,
+    /// The origin proxied to (or `task`): a pool named in `origins`, or one server as
+    /// `host:port`, `http://host[:port]` or `https://host[:port]`.
+    pub origin: Option<String>,
     /// Task routes: `auto`, `edge` or `region`.
     pub placement: Option<Mode>,
     /// Task routes: the home region, tried first while healthy.

@@ -20,7 +20,7 @@ fn minimal_origin_config() {
     assert_eq!(config.placement.max_inline, 64);
     assert_eq!(
         config.routes[0].target,
-        Target::Origin("127.0.0.1:9000".parse().unwrap())
+        Target::Origin("127.0.0.1:9000".to_string())
     );
 }
 
@@ -67,19 +67,19 @@ routes:
   - match: { path_prefix: hello }
     task: helo
   - match: { path: /x, methods: [GET, "BAD METHOD"] }
-    origin: example.com:80
+    origin: example.com
   - match: { path: /y }
 "#;
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region` (line 2, column 7)",
         "listen: invalid socket address syntax (line 3, column 9)",
-        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `admin`, `access_log`, `forwarding`, `placement`, `regions`, `health`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
+        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `admin`, `access_log`, `forwarding`, `placement`, `regions`, `health`, `origins`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
         "tasks.hello.limits.memory: invalid size \"64XB\"; use a size such as 64MiB or 512KiB (line 8, column 23)",
         "tasks.hello.limits.timeout: invalid duration \"soon\"; use a duration such as 50ms or 2s (line 8, column 38)",
         "routes[0].match.path_prefix: must start with \"/\" (line 10, column 27)",
         "routes[0].task: unknown task \"helo\" (line 11, column 11)",
         "routes[1].match.methods: \"BAD METHOD\" is not an HTTP method (line 12, column 33)",
-        "routes[1].origin: invalid socket address syntax (line 13, column 13)",
+        "routes[1].origin: \"example.com\" needs a port (host:port); or name a pool in origins (line 13, column 13)",
         "routes[2]: needs a task or an origin (line 14, column 5)",
     ];
     let got = errors(yaml);
@@ -327,4 +327,62 @@ fn an_admin_endpoint_off_loopback_or_guarding_reads_needs_a_token() {
     let guarded = prepared("{ listen: \"0.0.0.0:9901\" }", Some(token)).expect("a token");
     let token = guarded.admin.and_then(|a| a.token);
     assert_eq!(token, Some(Secret(b"0123456789abcdef-admin".to_vec())));
+}
+
+#[test]
+fn origins_are_pools_by_name_or_one_server_written_in_the_route() {
+    let yaml = "role: edge
+listen: 127.0.0.1:8080
+origins:
+  web:
+    servers: [\"10.0.0.1:8080\", \"https://app.internal\"]
+    balance: path_hash
+    host: app.example.com
+    timeouts: { connect: 1s }
+    health: { path: /healthz }
+routes:
+  - match: { path_prefix: /a }
+    origin: web
+  - match: { path_prefix: / }
+    origin: \"https://backend.example.com:8443\"
+";
+    let config = parse(yaml, Path::new(".")).expect("valid");
+    let web = &config.origins["web"];
+    assert_eq!(web.balance, Balance::PathHash);
+    assert_eq!(web.servers[1].to_string(), "https://app.internal:443");
+    assert_eq!(web.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(web.timeouts.read, Duration::from_secs(30));
+    assert_eq!(web.health.as_ref().map(|h| h.unhealthy_after), Some(2));
+    let single = &config.origins["https://backend.example.com:8443"];
+    assert!(single.servers[0].tls);
+    assert_eq!(config.routes[1].target, Target::Origin(single.name.clone()));
+
+    let bad = "role: edge
+listen: 127.0.0.1:8080
+origins:
+  web:
+    servers: [\"10.0.0.1\", \"ftp://x:1\", \"10.0.0.2:80\", \"http://10.0.0.2:80\"]
+    ca: no-such-ca.pem
+    health: { path: healthz }
+  empty: { servers: [] }
+routes:
+  - match: { path_prefix: /a }
+    origin: nowhere
+  - match: { path_prefix: / }
+    origin: web
+";
+    let shown = errors(bad);
+    let has = |text: &str| {
+        assert!(
+            shown.iter().any(|e| e.contains(text)),
+            "no {text:?} in {shown:#?}"
+        )
+    };
+    has("origins.web.servers[0]: \"10.0.0.1\" needs a port");
+    has("origins.web.servers[1]: scheme \"ftp\"");
+    has("origins.web.servers[3]: http://10.0.0.2:80 is listed twice");
+    has("origins.web.health.path: must start with /");
+    has("origins.web.ca: cannot read");
+    has("origins.empty.servers: empty");
+    has("routes[0].origin: \"nowhere\" needs a port (host:port); or name a pool in origins");
 }

@@ -28,6 +28,7 @@ use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
 use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, Site};
+use crate::origins::{Origins, Pick, Pool, Tried};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::{Attempts, Regions, signing};
 use crate::routing::{Route, Router};
@@ -71,6 +72,8 @@ pub struct Live {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A header that carries request ids from a proxy in front (`request_id_header`).
     pub request_id_header: Option<http::HeaderName>,
+    /// The origin pools routes name.
+    pub origins: Arc<Origins>,
 }
 
 /// Per-request state.
@@ -81,7 +84,7 @@ pub struct Ctx {
     /// the logging phase.
     started: Option<Instant>,
     answered: Option<Answered>,
-    origin: Option<SocketAddr>,
+    origin: Option<ToOrigin>,
     forward: Option<Forward>,
     /// On a cacheable route: what the cache phase found, and the recording of the answer.
     pub(super) cache: Option<Box<CacheCtx>>,
@@ -100,6 +103,15 @@ pub struct Ctx {
     request_id: Arc<str>,
     /// Counts the request in flight until the context is dropped, after its logging.
     _in_flight: Option<InFlightGuard>,
+}
+
+/// A request on its way to an origin pool: the servers tried, the one being tried.
+struct ToOrigin {
+    pool: Arc<Pool>,
+    tried: Tried,
+    current: Option<Pick>,
+    /// Whether a connection to `current` was made (a failure after it counts against it too).
+    connected: bool,
 }
 
 /// A task request on its way to a region.
@@ -364,7 +376,10 @@ impl Edge {
     /// Fetches a stale entry's answer again in the background.
     fn refresh(&self, live: &Live, route: &Route, cache_ctx: Box<CacheCtx>) {
         let source = match &route.target {
-            Target::Origin(addr) => Source::Origin(*addr),
+            Target::Origin(name) => match live.origins.get(name) {
+                Some(pool) => Source::Origin(pool.clone()),
+                None => return,
+            },
             Target::Task(name) if !live.regions.is_empty() => {
                 let Some(key) = &live.key else {
                     return;
@@ -472,9 +487,19 @@ impl ProxyHttp for Edge {
             &live.trusted_proxies,
         )?;
         match &route.target {
-            Target::Origin(addr) => {
+            Target::Origin(name) => {
+                let Some(pool) = live.origins.get(name) else {
+                    let detail = format!("no origin pool {name}");
+                    respond::error(session, ErrorKind::Internal, &detail).await?;
+                    return Ok(true);
+                };
                 ctx.answered = Some(Answered::Origin);
-                ctx.origin = Some(*addr);
+                ctx.origin = Some(ToOrigin {
+                    pool: pool.clone(),
+                    tried: Tried::default(),
+                    current: None,
+                    connected: false,
+                });
                 Ok(false)
             }
             Target::Task(name) => {
@@ -485,17 +510,41 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if let Some(fwd) = &mut ctx.forward {
             return Self::region_peer(&ctx.live.regions, fwd);
         }
-        let Some(addr) = ctx.origin else {
+        let Some(to) = &mut ctx.origin else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen for this request",
             ));
         };
-        Ok(Box::new(upstream::origin_peer(addr)))
+        let path = session.req_header().uri.path();
+        let pick = to
+            .pool
+            .pick(path, to.tried)
+            .map_err(|why| ErrorKind::Origin.to_pingora(why))?;
+        to.tried.add(pick.server);
+        to.current = Some(pick);
+        to.connected = false;
+        Ok(Box::new(to.pool.peer(pick)))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(to) = &mut ctx.origin {
+            to.connected = true;
+        }
+        Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -503,6 +552,14 @@ impl ProxyHttp for Edge {
             && let (Some(started), Some(answered)) = (ctx.started, ctx.answered)
         {
             self.parts.latencies.record(answered, started.elapsed());
+        }
+        if let Some(to) = &ctx.origin
+            && let (Some(pick), true) = (to.current, to.connected)
+        {
+            match e {
+                None => to.pool.answered(pick.server),
+                Some(_) => to.pool.failed(pick.server),
+            }
         }
         if let Some(log) = &self.parts.access_log {
             let route = ctx.route.and_then(|i| ctx.live.router.by_index(i));
@@ -516,7 +573,9 @@ impl ProxyHttp for Edge {
                 host: ctx.host.as_deref(),
                 route: ctx.route,
                 task,
-                upstream: ctx.origin.map(|a| a.to_string()),
+                upstream: (ctx.origin.as_ref())
+                    .and_then(|o| o.current)
+                    .map(|p| p.addr.to_string()),
             };
             access::log(log, session, known);
         }
@@ -536,6 +595,13 @@ impl ProxyHttp for Edge {
             // Nothing was sent: trying the next region is always safe.
             e.set_retry(true);
         }
+        if let Some(to) = &ctx.origin
+            && let Some(pick) = to.current
+        {
+            to.pool.failed(pick.server);
+            // Nothing was sent: the next server may take it.
+            e.set_retry(to.pool.has_untried(to.tried));
+        }
         e
     }
 
@@ -547,6 +613,13 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(fwd) = &ctx.forward {
             Self::sign(ctx, fwd, upstream)?;
+        }
+        if let Some(host) = ctx
+            .origin
+            .as_ref()
+            .and_then(|o| o.pool.spec.host.as_deref())
+        {
+            upstream.insert_header(http::header::HOST, host)?;
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 //! reached at the same peers with the same timeouts, over the edge's pooled
 //! [`upstream::Client`]; a task of an edge without regions runs inline.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,8 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a refresh gets its answer.
 pub enum Source {
-    Origin(SocketAddr),
+    /// A server of the pool, on to the next while they refuse the connection.
+    Origin(Arc<crate::origins::Pool>),
     /// The route's home region first if healthy, else the fastest; a refused connection
     /// fails over to the next.
     Region {
@@ -80,10 +80,34 @@ async fn fetch(
         .headers
         .insert(http::header::CONTENT_LENGTH, body.len().into());
     match source {
-        Source::Origin(addr) => {
-            let peer = upstream::origin_peer(addr);
-            let answer = client.exchange(&peer, parts.into(), body, limit).await?;
-            Ok(whole(answer))
+        Source::Origin(pool) => {
+            let mut head: RequestHeader = parts.into();
+            if let Some(host) = &pool.spec.host {
+                head.insert_header(http::header::HOST, host.as_str())?;
+            }
+            let path = head.uri.path().to_string();
+            let mut tried = crate::origins::Tried::default();
+            loop {
+                let pick = pool.pick(&path, tried).map_err(|e| anyhow::anyhow!(e))?;
+                tried.add(pick.server);
+                let peer = pool.peer(pick);
+                match client
+                    .exchange(&peer, head.clone(), body.clone(), limit)
+                    .await
+                {
+                    Ok(answer) => {
+                        pool.answered(pick.server);
+                        return Ok(whole(answer));
+                    }
+                    Err(e) => {
+                        pool.failed(pick.server);
+                        let refused = matches!(e, upstream::Failed::Refused(_));
+                        if !(refused && pool.has_untried(tried)) {
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
         }
         Source::Region {
             regions,

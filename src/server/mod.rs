@@ -145,6 +145,12 @@ fn add_edge(
     // Always: a reload may bring the first region.
     let checker = HealthChecker::new(reloader.regions.clone(), edge.client.clone());
     server.add_service(background_service("region health checks", checker));
+    let live = edge.live.clone();
+    let keeper = crate::origins::Keeper {
+        origins: Arc::new(move || live.load().origins.clone()),
+        client: edge.client.clone(),
+    };
+    server.add_service(background_service("origin names and health", keeper));
     let edge = Edge::new(edge);
     let resolvers = listeners::add(
         server,

@@ -19,6 +19,7 @@ use super::{capacity, fail, load, no_key, versions};
 use crate::admin::Reload;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Mode, Target, TaskSpec};
 use crate::metrics::Counters;
+use crate::origins::Origins;
 use crate::placement::Placer;
 use crate::proxy::EdgeLive as Live;
 use crate::regions::Regions;
@@ -197,7 +198,9 @@ pub(super) fn live(
         }
         None => (placer, Arc::new(Regions::new(specs, health))),
     };
+    let origins = Origins::new(config.origins.values(), old.map(|o| &*o.origins));
     Ok(Live {
+        origins: Arc::new(origins),
         router: Router::new(&config.routes),
         placer: Arc::new(placer),
         regions,
