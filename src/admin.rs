@@ -56,7 +56,11 @@ struct Stats {
     latency: BTreeMap<&'static str, LatencySnapshot>,
     tasks: BTreeMap<String, TaskStatus>,
     regions: Vec<RegionStatus>,
+    /// Every origin server, and whether it takes requests.
+    origins: Vec<crate::origins::ServerStatus>,
     cache: Option<CacheStats>,
+    /// TLS handshakes clients failed (or did not finish within 60 s), since start.
+    tls_handshake_failures: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     replays_refused: Option<u64>,
 }
@@ -110,7 +114,14 @@ impl Admin {
                 .as_ref()
                 .map(|l| l.load().regions.status())
                 .unwrap_or_default(),
+            origins: s
+                .live
+                .as_ref()
+                .map(|l| l.load().origins.status())
+                .unwrap_or_default(),
             cache: s.cache.as_ref().map(|c| c.stats()),
+            tls_handshake_failures:
+                pingora_core::services::listening::downstream_handshake_failures(),
             replays_refused: s
                 .replays_refused
                 .as_ref()

@@ -92,7 +92,24 @@ impl Collector for Sources {
             if !live.regions.is_empty() {
                 regions_health(&live.regions, &mut encoder)?;
             }
+            let servers = live.origins.status();
+            if !servers.is_empty() {
+                let up = servers.iter().map(|s| {
+                    let labels = vec![("origin", s.origin.clone()), ("server", s.server.clone())];
+                    (labels, f64::from(u8::from(s.in_service)))
+                });
+                let help = "Whether the origin server takes requests (1) or is out (0)";
+                gauges(&mut encoder, "origin_server_up", help, None, up)?;
+            }
         }
+        let failures = pingora_core::services::listening::downstream_handshake_failures();
+        let help = "TLS handshakes clients failed or did not finish";
+        counters(
+            &mut encoder,
+            "tls_handshake_failures",
+            help,
+            [(Vec::new(), failures)],
+        )?;
         if let Some(cache) = &self.cache {
             cache_counters(cache, &mut encoder)?;
         }

@@ -62,6 +62,55 @@ impl Origins {
     }
 }
 
+/// A server as `/stats` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerStatus {
+    pub origin: String,
+    pub server: String,
+    /// Its addresses now (a name's last good ones).
+    pub addresses: Vec<String>,
+    /// Whether requests go to it (addressed, healthy, not ejected).
+    pub in_service: bool,
+    pub healthy: bool,
+    pub ejected: bool,
+    /// Why its name has no address, while it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
+}
+
+impl Origins {
+    /// Every server of every pool, by pool name then config order.
+    pub fn status(&self) -> Vec<ServerStatus> {
+        let now = now_ms();
+        let mut pools: Vec<&Arc<Pool>> = self.pools.values().collect();
+        pools.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        let mut out = Vec::new();
+        for pool in pools {
+            for server in &pool.servers {
+                out.push(ServerStatus {
+                    origin: pool.spec.name.clone(),
+                    server: server.spec.to_string(),
+                    addresses: server
+                        .addrs
+                        .load()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    in_service: server.in_service(now),
+                    healthy: server.healthy.load(Ordering::Relaxed),
+                    ejected: server.ejected_until.load(Ordering::Relaxed) > now,
+                    unresolved: server
+                        .unresolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
 /// One pool.
 pub struct Pool {
     pub spec: OriginSpec,

@@ -158,3 +158,21 @@ fn raw_spaces_and_control_bytes_in_the_target_get_400_not_an_encoded_target() {
         vec!["GET /a%20b?q=x%00y HTTP/1.1".to_string()]
     );
 }
+
+#[test]
+fn an_http2_preface_on_an_http1_only_port_is_closed_and_reaches_no_origin() {
+    let origin = NaiveOrigin::start();
+    let edge = edge_before(origin.addr);
+    let (answer, closed) = exchange(&edge, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert!(closed, "the connection is closed: {answer:?}");
+    assert!(
+        answer.is_empty() || status_of(&answer).starts_with('4'),
+        "nothing, or a 4xx: {answer:?}"
+    );
+    assert!(origin.lines().is_empty(), "{:?}", origin.lines());
+    let (answer, _) = exchange(
+        &edge,
+        b"GET /o/next HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), "200", "{answer}");
+}

@@ -172,9 +172,9 @@ async fn the_certificate_is_chosen_by_sni_wildcards_included_with_tls13_and_alpn
     let first = pki.issue("first", &["default.test"]);
     let exact = pki.issue("exact", &["a.example.test"]);
     let wild = pki.issue("wild", &["*.example.test"]);
-    let addr = free_addr();
+    let (addr, admin) = (free_addr(), free_addr());
     let yaml = format!(
-        "role: edge\nlisten:\n  - address: \"{addr}\"\n    tls: {{ certificates: {} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: \"127.0.0.1:9\"\n",
+        "role: edge\nlisten:\n  - address: \"{addr}\"\n    tls: {{ certificates: {} }}\nadmin: {{ listen: \"{admin}\" }}\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: \"127.0.0.1:9\"\n",
         certificates(&[&first, &wild, &exact])
     );
     let config = poplar::config::parse(&yaml, &tasks_dir()).unwrap();
@@ -199,6 +199,22 @@ async fn the_certificate_is_chosen_by_sni_wildcards_included_with_tls13_and_alpn
         assert_eq!(names, ["default.test"], "for {name}");
         assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     }
+    let failed = || async {
+        let text = common::client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("poplar_tls_handshake_failures_total "))
+            .unwrap_or_else(|| panic!("no handshake failure counter in {text}"));
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let before = failed().await;
     // A client that does not trust the certificate fails its handshake; the next one is
     // served as before.
     let stranger = Pki::new().client_config(&[b"http/1.1"]);
@@ -219,6 +235,8 @@ async fn the_certificate_is_chosen_by_sni_wildcards_included_with_tls13_and_alpn
         String::from_utf8_lossy(&got)
     );
     assert!(handshake(trusted, addr, "a.example.test").await.is_ok());
+    // Both failures are counted (other servers in this process may add to the count).
+    assert!(failed().await >= before + 2);
 }
 
 /// An HTTPS client for `names` at `addr`, trusting the test CA: HTTP/2 by ALPN, or only

@@ -43,6 +43,15 @@ use std::time::Duration;
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
+/// Poplar patch: downstream handshakes (TLS) that failed or timed out, in this process.
+static DOWNSTREAM_HANDSHAKE_FAILURES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Poplar patch: how many downstream handshakes have failed or timed out so far.
+pub fn downstream_handshake_failures() -> u64 {
+    DOWNSTREAM_HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The type of service that is associated with a list of listening endpoints and a particular application
 pub struct Service<A> {
     name: String,
@@ -236,17 +245,24 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                                        // Poplar patch: counted, and logged at info as nginx
+                                        // logs failed client handshakes: on an edge facing
+                                        // the internet they are a client's doing (scanners,
+                                        // plain HTTP to a TLS port, untrusting clients).
+                                        DOWNSTREAM_HANDSHAKE_FAILURES
+                                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                         if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
+                                            log::info!("Downstream handshake error from {}: {e}", addr);
                                         } else {
-                                            error!("Downstream handshake error: {e}");
+                                            log::info!("Downstream handshake error: {e}");
                                         }
                                     }
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                DOWNSTREAM_HANDSHAKE_FAILURES
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                log::info!("Downstream handshake timeout");
                             }
                         }
                     });
