@@ -296,3 +296,54 @@ fn a_websocket_upgrade_passes_through_an_origin_route() {
         assert_eq!(echoed, message.as_bytes());
     }
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_failing_server_out_and_stats_say_so() {
+    let a = origin();
+    let dead = refusing_addr();
+    let admin = common::free_addr();
+    let yaml = format!(
+        "role: edge\nlisten: LISTEN\nadmin: {{ listen: \"{admin}\" }}\norigins:\n  web:\n    servers: [\"{}\", \"{dead}\"]\n    health: {{ path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 2 }}\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: web\n",
+        a.addr
+    );
+    let edge = start_edge(&yaml);
+    // Checks run every 100 ms: wait (boundedly) for the dead server to be judged.
+    let mut servers = serde_json::Value::Null;
+    for _ in 0..100 {
+        servers = common::admin_stats(admin).await["origins"].clone();
+        if servers[1]["healthy"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(servers[0]["healthy"], true, "{servers}");
+    assert_eq!(servers[1]["healthy"], false, "{servers}");
+    assert_eq!(servers[1]["in_service"], false, "{servers}");
+    assert_eq!(
+        servers[1]["ejected"], false,
+        "out by its checks, not by requests: {servers}"
+    );
+    let hits = a.hits();
+    for i in 0..10 {
+        let resp = client()
+            .get(format!("{}/p/{i}", edge.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(
+        a.hits() >= hits + 10,
+        "every request went to the healthy server"
+    );
+    let metrics = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let up = format!("poplar_origin_server_up{{origin=\"web\",server=\"http://{dead}\"}} 0");
+    assert!(metrics.contains(&up), "{metrics}");
+}
