@@ -254,6 +254,7 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         guest_log: log::Level::Info,
         access_log: None,
         grace_period: Duration::from_secs(1),
+        upgrade_socket: crate::config::DEFAULT_UPGRADE_SOCKET.into(),
         forwarding_key: Some(key),
         placement: PlacementSpec::default(),
         regions: Vec::new(),
@@ -289,6 +290,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         guest_log: log::Level::Info,
         access_log: None,
         grace_period: Duration::from_secs(1),
+        upgrade_socket: crate::config::DEFAULT_UPGRADE_SOCKET.into(),
         forwarding_key: Some(key),
         placement: PlacementSpec {
             hot_threshold: 5.0,

@@ -32,6 +32,10 @@ enum Command {
     Serve {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Take the listening sockets over from the running server (a graceful upgrade):
+        /// start this, then send the old process SIGQUIT within 5 s.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file (and compile its tasks), listing every problem.
     Check {
@@ -63,7 +67,7 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, upgrade } => serve(config, upgrade),
         Command::Check { config } => check(config),
         Command::Schema => {
             let schema = poplar::config::schema::json_schema();
@@ -103,7 +107,7 @@ fn demo(addrs: poplar::demo::DemoAddrs, tasks: PathBuf) -> ExitCode {
     }
 }
 
-fn serve(file: PathBuf) -> ExitCode {
+fn serve(file: PathBuf, upgrade: bool) -> ExitCode {
     let config = match poplar::config::load(&file) {
         Ok(config) => config,
         Err(errors) => {
@@ -111,11 +115,12 @@ fn serve(file: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Err(e) = poplar::server::probe_listeners(&config) {
+    // In an upgrade the old process holds the addresses: they are handed over, not bound.
+    if !upgrade && let Err(e) = poplar::server::probe_listeners(&config) {
         eprintln!("poplar serve: {e}");
         return ExitCode::FAILURE;
     }
-    let server = poplar::server::build(&config, &file);
+    let server = poplar::server::build(&config, &file, upgrade);
     match server {
         Ok(server) => {
             log::info!("serving {}", file.display());

@@ -476,3 +476,99 @@ fn sighup_reloads_the_config_and_a_bad_one_leaves_the_old_serving() {
         .status();
     assert!(wait_for_exit(&mut child).success());
 }
+
+/// What one request on a new connection got: the task that answered, or the error.
+fn ask_once(addr: SocketAddr) -> Result<&'static str, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    conn.write_all(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(format!("answer: {text:?}"));
+    }
+    Ok(if text.contains("x-echo-path") {
+        "echo"
+    } else {
+        "hello"
+    })
+}
+
+#[test]
+fn a_graceful_upgrade_hands_the_listener_to_a_new_process_without_refusing_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = released_addr();
+    let dist = tasks_dir();
+    let config = |task: &str, file: &str| {
+        let text = format!(
+            "role: edge\nlisten: \"{addr}\"\nthreads: 1\ngrace_period: 2s\nupgrade_socket: upgrade.sock\ntasks:\n  {task}: {{ wasm: {} }}\nroutes:\n  - match: {{ path_prefix: / }}\n    task: {task}\n",
+            dist.join(format!("{task}.wasm")).display()
+        );
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (old_file, new_file) = (config("hello", "old.yaml"), config("echo", "new.yaml"));
+    let mut old = serve_logging_to(&old_file, &dir.path().join("old.log"), "info");
+    wait_for("the old server", || ask_once(addr) == Ok("hello"));
+
+    // A client asking on a new connection each time, throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 20_000 {
+                seen.push(ask_once(addr));
+            }
+            seen
+        })
+    };
+    let new_log = dir.path().join("new.log");
+    let mut new = poplar()
+        .args(["serve", "--upgrade", "-c"])
+        .arg(&new_file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&new_log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = Command::new("kill")
+        .args(["-QUIT", &old.id().to_string()])
+        .status();
+    let status = wait_for_exit(&mut old);
+    assert!(
+        status.success(),
+        "the old process exits 0 after handing over: {status}"
+    );
+    wait_for("the new server", || ask_once(addr) == Ok("echo"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = asking.join().unwrap();
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    let log = std::fs::read_to_string(&new_log).unwrap_or_default();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}\n{log}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let by = |t| seen.iter().filter(|r| *r == &Ok(t)).count();
+    eprintln!(
+        "upgrade: {} requests, {} from the old process, {} from the new",
+        seen.len(),
+        by("hello"),
+        by("echo")
+    );
+    assert!(by("hello") > 0 && by("echo") > 0);
+    let _ = Command::new("kill")
+        .args(["-TERM", &new.id().to_string()])
+        .status();
+    assert!(wait_for_exit(&mut new).success());
+}

@@ -92,6 +92,9 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         threads,
         guest_log: file.guest_log.map_or(log::Level::Info, log::Level::from),
         grace_period: grace_period(file.grace_period, &tasks, r),
+        upgrade_socket: file
+            .upgrade_socket
+            .map_or_else(|| super::DEFAULT_UPGRADE_SOCKET.into(), |s| base.join(s)),
         admin: file.admin.map(|a| admin(a, base)),
         access_log: file.access_log.and_then(|a| access_log(a, base, r)),
         key_source,

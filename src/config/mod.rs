@@ -43,6 +43,8 @@ pub struct Config {
     pub guest_log: log::Level,
     /// How long `SIGTERM` lets requests in flight finish (`grace_period`).
     pub grace_period: std::time::Duration,
+    /// Where a graceful upgrade hands the listening sockets over (`upgrade_socket`).
+    pub upgrade_socket: PathBuf,
     /// Where request lines go, if anywhere.
     pub access_log: Option<AccessLogSpec>,
     /// The admin endpoint (`/stats`, `/metrics`, `/purge`), if any.
@@ -112,6 +114,9 @@ pub struct AdminSpec {
     pub token: Option<Secret>,
     pub guard_reads: bool,
 }
+
+/// Where a graceful upgrade hands sockets over when `upgrade_socket` is not given.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/poplar-upgrade.sock";
 
 /// Where the admin endpoint listens when `admin.listen` is not given.
 pub const DEFAULT_ADMIN: SocketAddr =

@@ -35,6 +35,10 @@ pub struct File {
     /// How long `SIGTERM` lets requests in flight finish, after the listeners close, before
     /// the process exits (default: the longest task timeout plus 1 s). Whole seconds.
     pub grace_period: Option<Dur>,
+    /// The Unix socket a graceful upgrade (`poplar serve --upgrade`) hands the listening
+    /// sockets over on, relative to the config's folder (default
+    /// `/tmp/poplar-upgrade.sock`): the same for the old process and the new.
+    pub upgrade_socket: Option<String>,
     pub admin: Option<Admin>,
     /// One line per request, written off the request's path.
     pub access_log: Option<AccessLog>,

@@ -34,8 +34,10 @@ pub use reload::{Reloaded, Reloader};
 use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, ReloadOnHangUp, Reopen};
 
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
-/// start (slow: seconds for big ones).
-pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
+/// start (slow: seconds for big ones). With `upgrade`, the listening sockets are taken over
+/// from the running process (Pingora's graceful upgrade, on `upgrade_socket`): this process
+/// waits up to 5 s for them, which the old one sends on `SIGQUIT`.
+pub fn build(config: &Config, source: &Path, upgrade: bool) -> Result<Server, ConfigErrors> {
     let in_flight = InFlight::default();
     let built = Built {
         work_stealing: false,
@@ -43,6 +45,7 @@ pub fn build(config: &Config, source: &Path) -> Result<Server, ConfigErrors> {
         in_flight: in_flight.clone(),
         listeners: Vec::new(),
         signals: true,
+        upgrade,
     };
     let mut server = build_with(config, source, built)?;
     let conf = &server.configuration;
@@ -65,11 +68,17 @@ struct Built {
     listeners: Vec<TcpListener>,
     /// Whether `SIGUSR1` reopens the access log: only where the process is the server's.
     signals: bool,
+    /// Whether the listening sockets come from the process being upgraded.
+    upgrade: bool,
 }
 
 fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, ConfigErrors> {
     let conf = server_conf(config, built.work_stealing);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade: built.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let hand_over = server.add_service(HandOver {
         listeners: built.listeners,
@@ -371,6 +380,7 @@ fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(2),
+        upgrade_sock: config.upgrade_socket.display().to_string(),
         work_stealing,
         ..ServerConf::default()
     }
@@ -436,6 +446,7 @@ impl Running {
             in_flight: InFlight::default(),
             listeners,
             signals: false,
+            upgrade: false,
         };
         let server = build_with(config, source, built)?;
         let (stop, stopped) = watch::channel(false);

@@ -116,6 +116,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
     check("admin", old.admin == new.admin);
     check("access_log", old.access_log == new.access_log);
     check("grace_period", old.grace_period == new.grace_period);
+    check("upgrade_socket", old.upgrade_socket == new.upgrade_socket);
     check("guest_log", old.guest_log == new.guest_log);
     check("cache", old.cache == new.cache);
     let (before, after) = (&old.placement, &new.placement);
