@@ -54,9 +54,94 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// A registry reading `sources` at each scrape.
 pub fn registry(sources: Sources) -> Registry {
-    let mut registry = Registry::with_prefix("poplar");
-    registry.register_collector(Box::new(sources));
+    let mut registry = Registry::default();
+    // The process's own, unprefixed as every Prometheus client library names them.
+    registry.register_collector(Box::new(Process));
+    let poplar = registry.sub_registry_with_prefix("poplar");
+    poplar.register_collector(Box::new(sources));
     registry
+}
+
+/// `process_*`: resident memory, open file descriptors (sockets included), CPU time and start
+/// time, read from `/proc/self` at each scrape (Linux; elsewhere nothing).
+#[derive(Debug)]
+struct Process;
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(p) = process_now() else {
+            return Ok(());
+        };
+        let one = |v: f64| [(Vec::new(), v)];
+        let bytes = Some(&Unit::Bytes);
+        gauges(
+            &mut encoder,
+            "process_resident_memory",
+            "Resident memory",
+            bytes,
+            one(p.rss),
+        )?;
+        let help = "Open file descriptors (listening and client sockets, files)";
+        gauges(&mut encoder, "process_open_fds", help, None, one(p.fds))?;
+        let secs = Some(&Unit::Seconds);
+        let help = "User and system CPU time";
+        let cpu = [(Vec::new(), ConstCounter::new(p.cpu_seconds))];
+        family(
+            &mut encoder,
+            "process_cpu",
+            help,
+            secs,
+            MetricType::Counter,
+            cpu,
+        )?;
+        let help = "Start time of the process since the Unix epoch";
+        gauges(
+            &mut encoder,
+            "process_start_time",
+            help,
+            secs,
+            one(p.start_time),
+        )
+    }
+}
+
+struct ProcessNow {
+    rss: f64,
+    fds: f64,
+    cpu_seconds: f64,
+    start_time: f64,
+}
+
+fn process_now() -> Option<ProcessNow> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    // SAFETY: sysconf only reads its argument.
+    let (page, ticks) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PAGESIZE),
+            libc::sysconf(libc::_SC_CLK_TCK),
+        )
+    };
+    let (page, ticks) = (page.max(1) as f64, ticks.max(1) as f64);
+    let rss = statm.split_whitespace().nth(1)?.parse::<f64>().ok()? * page;
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised name: utime and stime are the 12th and 13th, the start
+    // time (in ticks after boot) the 20th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let cpu_seconds = (tick(11)? + tick(12)?) / ticks;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let start_time = now.as_secs_f64() - uptime + tick(19)? / ticks;
+    Some(ProcessNow {
+        rss,
+        fds,
+        cpu_seconds,
+        start_time,
+    })
 }
 
 /// The registry's metrics as text.
@@ -92,6 +177,7 @@ impl Collector for Sources {
             if !live.regions.is_empty() {
                 regions_health(&live.regions, &mut encoder)?;
             }
+            routes_and_compiles(&live, &mut encoder)?;
             let servers = live.origins.status();
             if !servers.is_empty() {
                 let up = servers.iter().map(|s| {
@@ -188,6 +274,52 @@ fn tasks(placer: &Placer, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Resu
     gauges(encoder, "task_code", help, None, code)
 }
 
+/// Requests by route and status class; promotion compiles; the resident set.
+fn routes_and_compiles(live: &Live, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let by_route = live
+        .route_counts
+        .snapshot()
+        .into_iter()
+        .map(|(route, class, n)| {
+            let route = route.map_or_else(|| "none".to_string(), |i| i.to_string());
+            (vec![("route", route), ("status", class.to_string())], n)
+        });
+    let help = "Requests answered, by route (its place in routes, or none) and status class";
+    counters(encoder, "requests", help, by_route)?;
+    let (compiles, failures, seconds) = live.placer.compiles();
+    let help = "Promotion compiles of tasks turned hot";
+    counters(encoder, "compiles", help, [(Vec::new(), compiles)])?;
+    let help = "Promotion compiles that failed";
+    counters(encoder, "compile_failures", help, [(Vec::new(), failures)])?;
+    let help = "Time promotion compiles took";
+    let took = [(Vec::new(), ConstCounter::new(seconds))];
+    family(
+        encoder,
+        "compile",
+        help,
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+        took,
+    )?;
+    let (tasks, bytes) = live.placer.resident();
+    let help = "Tasks with compiled code resident at the edge (promoted; pinned ones aside)";
+    gauges(
+        encoder,
+        "resident_tasks",
+        help,
+        None,
+        [(Vec::new(), tasks as f64)],
+    )?;
+    let help = "Compiled code of the resident tasks";
+    gauges(
+        encoder,
+        "resident_code",
+        help,
+        Some(&Unit::Bytes),
+        [(Vec::new(), bytes as f64)],
+    )
+}
+
 fn regions_health(regions: &Regions, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     let status = regions.status();
     let healthy = status.iter().map(|s| {
@@ -202,6 +334,11 @@ fn regions_health(regions: &Regions, encoder: &mut DescriptorEncoder<'_>) -> std
         let seconds = s.latency_ms? / 1000.0;
         Some((vec![("region", s.name.clone())], seconds))
     });
+    let failures = status
+        .iter()
+        .map(|s| (vec![("region", s.name.clone())], s.forward_failures));
+    let help = "Forwards to the region that failed (refused, or broken after sending)";
+    counters(encoder, "region_forward_failures", help, failures)?;
     let help = "The region's smoothed response time (forwards and probes)";
     gauges(
         encoder,

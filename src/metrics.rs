@@ -76,6 +76,73 @@ impl Counters {
     }
 }
 
+/// Requests answered, by route (its place in `routes`; `None`: no route matched) and status
+/// class, under the config in force. A reload carries the counts of each route that kept its
+/// place, its match and its target.
+pub struct RouteCounts {
+    routes: Vec<[AtomicU64; 5]>,
+    unrouted: [AtomicU64; 5],
+}
+
+/// The status classes counted, by their first digit.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl RouteCounts {
+    pub fn new(routes: usize) -> RouteCounts {
+        RouteCounts {
+            routes: (0..routes).map(|_| Default::default()).collect(),
+            unrouted: Default::default(),
+        }
+    }
+
+    /// Counts for `routes` routes, with `old`'s counts for each route `kept` says is the
+    /// same one.
+    pub fn carried(routes: usize, old: &RouteCounts, kept: impl Fn(usize) -> bool) -> RouteCounts {
+        let new = RouteCounts::new(routes);
+        let copy = |to: &[AtomicU64; 5], from: &[AtomicU64; 5]| {
+            for (t, f) in to.iter().zip(from) {
+                t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        };
+        for (i, (to, from)) in new.routes.iter().zip(&old.routes).enumerate() {
+            if kept(i) {
+                copy(to, from);
+            }
+        }
+        copy(&new.unrouted, &old.unrouted);
+        new
+    }
+
+    pub fn count(&self, route: Option<usize>, status: u16) {
+        let Some(class) = (status / 100).checked_sub(1).map(usize::from) else {
+            return;
+        };
+        let counts = match route {
+            Some(i) => self.routes.get(i),
+            None => Some(&self.unrouted),
+        };
+        if let Some(n) = counts.and_then(|c| c.get(class)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every non-zero count: route (`None`: unrouted), status class, count.
+    pub fn snapshot(&self) -> Vec<(Option<usize>, &'static str, u64)> {
+        let all = self.routes.iter().enumerate().map(|(i, c)| (Some(i), c));
+        let all = all.chain(std::iter::once((None, &self.unrouted)));
+        let mut out = Vec::new();
+        for (route, counts) in all {
+            for (class, n) in STATUS_CLASSES.iter().zip(counts) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((route, *class, n));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Requests being served now, at the edge or region proxy: each holds an [`InFlightGuard`]
 /// from the making of its context to the end of its logging phase.
 #[derive(Clone, Default)]

@@ -99,6 +99,8 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
         let resp = client().get(format!("{}{path}", edge.base)).send().await;
         assert_eq!(resp.unwrap().status(), 200, "{path}");
     }
+    let resp = client().get(format!("{}/nowhere", edge.base)).send().await;
+    assert_eq!(resp.unwrap().status(), 404);
     // A request is counted in its logging phase, just after its response went out: scrape
     // once none is in flight.
     let mut scrapes = 0;
@@ -176,6 +178,46 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
     assert_eq!(
         value("poplar_cache_limit_bytes", &[]).map(|b| b > 0.0),
         Some(true)
+    );
+    // By route (its place in routes) and status class; the 404 matched none.
+    for (route, status, n) in [("0", "2xx", 3.0), ("4", "2xx", 1.0), ("none", "4xx", 1.0)] {
+        let labels = [("route", route), ("status", status)];
+        assert_eq!(
+            value("poplar_requests_total", &labels),
+            Some(n),
+            "{route} {status}: {text}"
+        );
+    }
+    assert_eq!(
+        value("poplar_requests_total", &[("route", "1")]),
+        None,
+        "{text}"
+    );
+    // Nothing turned hot: no promotion compiled, nothing resident beside the pinned.
+    assert_eq!(value("poplar_compiles_total", &[]), Some(0.0), "{text}");
+    assert_eq!(
+        value("poplar_resident_code_bytes", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    // The process's own, unprefixed.
+    let rss = value("process_resident_memory_bytes", &[]).unwrap_or_default();
+    assert!(rss > 1e6, "{text}");
+    assert!(
+        value("process_open_fds", &[]).is_some_and(|n| n >= 3.0),
+        "{text}"
+    );
+    assert!(
+        value("process_cpu_seconds_total", &[]).is_some_and(|s| s > 0.0),
+        "{text}"
+    );
+    let started = value("process_start_time_seconds", &[]).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    assert!(
+        started > 1.6e9 && started <= now.as_secs_f64() + 1.0,
+        "{text}"
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
 }

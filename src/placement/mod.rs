@@ -315,12 +315,15 @@ impl Placer {
         let placer = self.clone();
         let queued = entry.clone();
         let submitted = self.compiler.submit(move || {
+            let started = Instant::now();
             let load = std::panic::AssertUnwindSafe(|| placer.runtime.load(&queued.spec));
             let loaded = std::panic::catch_unwind(load).unwrap_or_else(|_| {
                 Err(LoadError::Compile(wasmtime::Error::msg(
                     "the compiler panicked",
                 )))
             });
+            let stats = &placer.compiler.stats;
+            stats.record(started.elapsed(), loaded.is_ok());
             placer.finish_compile(&queued, loaded);
         });
         if !submitted {
@@ -373,6 +376,17 @@ impl Placer {
                 lock(&entry.state).code = Code::Ready(Arc::new(task));
             }
         }
+    }
+
+    /// Promotion compiles so far: `(compiles, failures, seconds)`.
+    pub fn compiles(&self) -> (u64, u64, f64) {
+        self.compiler.stats.snapshot()
+    }
+
+    /// The resident set now: `(tasks, bytes of code)`.
+    pub fn resident(&self) -> (usize, u64) {
+        let set = lock(&self.resident);
+        (set.len(), set.bytes())
     }
 
     pub fn status(&self) -> Vec<(String, TaskStatus)> {

@@ -27,7 +27,7 @@ use crate::access_log::AccessLog;
 use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
-use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, Site};
+use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, RouteCounts, Site};
 use crate::origins::{Origins, Pick, Pool, Tried};
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::{Attempts, Regions, signing};
@@ -74,6 +74,8 @@ pub struct Live {
     pub request_id_header: Option<http::HeaderName>,
     /// The origin pools routes name.
     pub origins: Arc<Origins>,
+    /// Requests answered by route and status class.
+    pub route_counts: RouteCounts,
 }
 
 /// Per-request state.
@@ -552,6 +554,12 @@ impl ProxyHttp for Edge {
             && let (Some(started), Some(answered)) = (ctx.started, ctx.answered)
         {
             self.parts.latencies.record(answered, started.elapsed());
+        }
+        if let Some(status) = session.response_written().map(|r| r.status.as_u16()) {
+            ctx.live.route_counts.count(ctx.route, status);
+        }
+        if let (Some(fwd), Some(_)) = (&mut ctx.forward, e) {
+            fwd.attempts.broken(&ctx.live.regions);
         }
         if let Some(to) = &ctx.origin
             && let (Some(pick), true) = (to.current, to.connected)

@@ -28,6 +28,8 @@ struct RegionState {
     healthy: bool,
     failed_probes: u32,
     latency_ms: Option<f64>,
+    /// Forwards that failed: refused connections, and requests that broke after sending.
+    forward_failures: u64,
 }
 
 /// One region's state, for the admin endpoint.
@@ -37,6 +39,7 @@ pub struct RegionStatus {
     pub address: String,
     pub healthy: bool,
     pub latency_ms: Option<f64>,
+    pub forward_failures: u64,
 }
 
 impl Regions {
@@ -49,6 +52,7 @@ impl Regions {
                     healthy: true,
                     failed_probes: 0,
                     latency_ms: None,
+                    forward_failures: 0,
                 })
             })
             .collect();
@@ -120,6 +124,7 @@ impl Regions {
     /// Region `i` refused or dropped a connection: out until a probe succeeds.
     fn record_failure(&self, i: usize) {
         self.update(i, |s| {
+            s.forward_failures += 1;
             if s.healthy {
                 log::warn!(
                     "region {}: connection failed, taking it out",
@@ -167,6 +172,7 @@ impl Regions {
                     address: spec.address.to_string(),
                     healthy: s.healthy,
                     latency_ms: s.latency_ms,
+                    forward_failures: s.forward_failures,
                 })
             })
             .collect()
@@ -210,6 +216,14 @@ impl Attempts {
             self.tried.push(i);
         }
         regions.choose(None, &self.tried).is_some()
+    }
+
+    /// The request to the current region broke after it was sent (no answer came): counted
+    /// against the region; it stays in (its next probe judges it).
+    pub fn broken(&mut self, regions: &Regions) {
+        if let Some((i, _)) = self.current.take() {
+            regions.update(i, |s| s.forward_failures += 1);
+        }
     }
 
     /// The current region answered: its latency is recorded. The region, for the response.

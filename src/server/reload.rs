@@ -19,6 +19,7 @@ use super::{capacity, fail, load, no_key, versions};
 use crate::admin::Reload;
 use crate::config::{self, Config, ConfigError, ConfigErrors, Mode, Target, TaskSpec};
 use crate::metrics::Counters;
+use crate::metrics::RouteCounts;
 use crate::origins::Origins;
 use crate::placement::Placer;
 use crate::proxy::EdgeLive as Live;
@@ -200,9 +201,20 @@ pub(super) fn live(
         None => (placer, Arc::new(Regions::new(specs, health))),
     };
     let origins = Origins::new(config.origins.values(), old.map(|o| &*o.origins));
+    let router = Router::new(&config.routes);
+    let route_counts = match old {
+        Some(old) => RouteCounts::carried(config.routes.len(), &old.route_counts, |i| {
+            let (before, now) = (old.router.by_index(i), router.by_index(i));
+            before
+                .zip(now)
+                .is_some_and(|(b, n)| b.matcher == n.matcher && b.target == n.target)
+        }),
+        None => RouteCounts::new(config.routes.len()),
+    };
     Ok(Live {
+        route_counts,
         origins: Arc::new(origins),
-        router: Router::new(&config.routes),
+        router,
         placer: Arc::new(placer),
         regions,
         key,
