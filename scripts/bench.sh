@@ -12,6 +12,8 @@
 #   handshake: a new TLS connection per request (cache hit) vs nginx, the same
 #   h2: cache hit over HTTP/2, h2load 4 connections x 32 streams vs nginx `http2`
 #   (TLS: the same certificate, conf/certs/localhost.pem, ECDSA P-256; TLS 1.3 both)
+#   log: cache hit with the access log on (text, to a file)   vs  the same edge config without
+#   metrics: cache hit with /metrics scraped every second      vs  the same edge config without an admin
 #   6. mixed: requests spread over 1,000 distinct tasks (1,000 builds of hello, told apart by
 #      a custom section, so each is compiled and held on its own) with a Zipf distribution
 #      (scripts/zipf.lua), two regions behind relays adding 20 ms and 60 ms round trips
@@ -66,6 +68,7 @@ edge=$(free_port); region=$(free_port); origin=$(free_port); wasmserve=$(free_po
 bare_static=$(free_port); bare_proxy=$(free_port)
 nginx_static=$(free_port); nginx_proxy=$(free_port); nginx_cache=$(free_port)
 edge_tls=$(free_port); nginx_tls=$(free_port)
+edge_log=$(free_port); edge_metrics=$(free_port); metrics_admin=$(free_port); edge_plain=$(free_port)
 cert="$root/conf/certs/localhost.pem"; cert_key="$root/conf/certs/localhost.key"
 key="bench-forwarding-key-$(date +%s)"
 
@@ -154,6 +157,24 @@ routes:
     origin: "127.0.0.1:$origin"
 YAML
 
+# One small edge three times: plain, with the access log on, and with an admin endpoint
+# scraped (the same routes, so only the log or the admin differs).
+edge_routes() {
+  cat <<YAML
+threads: 1
+tasks:
+  hello: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 100ms } }
+routes:
+  - match: { path_prefix: /cached }
+    task: hello
+    placement: edge
+    cache: { ttl: 1h }
+YAML
+}
+{ echo "role: edge"; echo "listen: \"127.0.0.1:$edge_plain\""; edge_routes; } > "$work/edge-plain.yaml"
+{ echo "role: edge"; echo "listen: \"127.0.0.1:$edge_log\""; echo "access_log: { to: $work/access.log, format: text }"; edge_routes; } > "$work/edge-log.yaml"
+{ echo "role: edge"; echo "listen: \"127.0.0.1:$edge_metrics\""; echo "admin: { listen: \"127.0.0.1:$metrics_admin\" }"; edge_routes; } > "$work/edge-metrics.yaml"
+
 nginx -c "$work/nginx-origin.conf"
 nginx -c "$work/nginx-ref.conf"
 env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/region.yaml" 2>"$work/region.log" &
@@ -169,7 +190,19 @@ target/release/examples/bare_pingora --listen "127.0.0.1:$bare_static" 2>"$work/
 pids+=($!); bare_static_pid=$!
 target/release/examples/bare_pingora --listen "127.0.0.1:$bare_proxy" --origin "127.0.0.1:$origin" 2>"$work/bare-proxy.log" &
 pids+=($!); bare_proxy_pid=$!
+env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/edge-plain.yaml" 2>"$work/edge-plain.log" &
+pids+=($!); edge_plain_pid=$!
+env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/edge-log.yaml" 2>"$work/edge-log.log" &
+pids+=($!); edge_log_pid=$!
+env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/edge-metrics.yaml" 2>"$work/edge-metrics.log" &
+pids+=($!); edge_metrics_pid=$!
 wait_for "http://127.0.0.1:$edge/hello"
+wait_for "http://127.0.0.1:$edge_plain/cached?name=wrk"
+wait_for "http://127.0.0.1:$edge_log/cached?name=wrk"
+wait_for "http://127.0.0.1:$edge_metrics/cached?name=wrk"
+# A Prometheus stand-in: one scrape a second, for the whole run.
+( while :; do curl -s -o /dev/null "http://127.0.0.1:$metrics_admin/metrics"; sleep 1; done ) &
+pids+=($!)
 wait_for "http://127.0.0.1:$bare_static/"
 wait_for "http://127.0.0.1:$bare_proxy/"
 wait_for "http://127.0.0.1:$wasmserve/hello"
@@ -203,7 +236,7 @@ PY
 
 results="$work/results.tsv"
 : > "$results"
-scenarios=${BENCH_SCENARIOS:-static inline cache origin forward https https-origin handshake h2 mixed}
+scenarios=${BENCH_SCENARIOS:-static inline cache origin forward https https-origin handshake h2 log metrics mixed}
 # Scenarios 1-5 run `rounds` times, their servers taking turns within a round, and the report
 # takes each server's median: one run alone moves 10% or more on this shared machine.
 rounds=${BENCH_ROUNDS:-3}
@@ -288,6 +321,10 @@ for round in $(seq "$rounds"); do
   run handshake "nginx, TLS handshake per request" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/cached?name=wrk" "" "Connection: close"
   run_h2 h2 "poplar cache hit, HTTP/2" "$edge_pid" "https://127.0.0.1:$edge_tls/cached?name=wrk"
   run_h2 h2 "nginx proxy_cache hit, HTTP/2" "$nginx_ref_pid" "https://127.0.0.1:$nginx_tls/cached?name=wrk"
+  run log "poplar cache hit, access log on" "$edge_log_pid" "http://127.0.0.1:$edge_log/cached?name=wrk"
+  run log "poplar cache hit, no access log" "$edge_plain_pid" "http://127.0.0.1:$edge_plain/cached?name=wrk"
+  run metrics "poplar cache hit, scraped each second" "$edge_metrics_pid" "http://127.0.0.1:$edge_metrics/cached?name=wrk"
+  run metrics "poplar cache hit, no admin" "$edge_plain_pid" "http://127.0.0.1:$edge_plain/cached?name=wrk"
 done
 
 # 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.

@@ -20,6 +20,9 @@ TARGETS = {
     "https-origin": ("poplar origin route, HTTPS", "nginx proxy_pass, HTTPS", 1.0, True),
     "handshake": ("poplar, TLS handshake per request", "nginx, TLS handshake per request", 1.0, False),
     "h2": ("poplar cache hit, HTTP/2", "nginx proxy_cache hit, HTTP/2", 1.2, False),
+    # Poplar against itself: what the access log and a scraped admin endpoint cost.
+    "log": ("poplar cache hit, access log on", "poplar cache hit, no access log", 0.95, False),
+    "metrics": ("poplar cache hit, scraped each second", "poplar cache hit, no admin", 0.97, False),
 }
 
 # scenario: (poplar row, Pingora-alone row, nginx row)

@@ -73,7 +73,7 @@ routes:
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region` (line 2, column 7)",
         "listen: invalid socket address syntax (line 3, column 9)",
-        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `admin`, `access_log`, `forwarding`, `placement`, `regions`, `health`, `origins`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
+        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `upgrade_socket`, `admin`, `access_log`, `forwarding`, `placement`, `regions`, `health`, `origins`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
         "tasks.hello.limits.memory: invalid size \"64XB\"; use a size such as 64MiB or 512KiB (line 8, column 23)",
         "tasks.hello.limits.timeout: invalid duration \"soon\"; use a duration such as 50ms or 2s (line 8, column 38)",
         "routes[0].match.path_prefix: must start with \"/\" (line 10, column 27)",

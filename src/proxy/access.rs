@@ -62,7 +62,10 @@ pub fn log(log: &AccessLog, session: &Session, known: Known<'_>) {
         reason: placement.as_ref().and_then(|p| p.reason),
         cache: header(&CACHE_STATUS),
         upstream: known.upstream.or_else(|| region.map(str::to_string)),
-        error: header(&ERROR),
+        // Poplar's own errors are all 4xx or 5xx: no lookup for the rest.
+        error: written
+            .filter(|r| r.status.as_u16() >= 400)
+            .and_then(|_| header(&ERROR)),
         referer: request_header(http::header::REFERER),
         user_agent: request_header(http::header::USER_AGENT),
     });
@@ -77,6 +80,14 @@ struct Placement<'a> {
 
 impl<'a> Placement<'a> {
     fn parse(value: &'a str) -> Placement<'a> {
+        if !value.contains(';') {
+            // `cache`: nothing more to find.
+            return Placement {
+                site: value.trim(),
+                region: None,
+                reason: None,
+            };
+        }
         let mut parts = value.split(';').map(str::trim);
         let site = parts.next().unwrap_or_default();
         let (mut region, mut reason) = (None, None);
