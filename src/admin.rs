@@ -132,11 +132,7 @@ impl Admin {
     /// `POST /reload`: 200 and what changed, or 422 and every problem in the file.
     async fn reload(&self) -> http::Response<Vec<u8>> {
         let Some(reload) = self.reload.clone() else {
-            return respond(
-                404,
-                "text/plain",
-                b"no reload here: only an edge reloads\n".to_vec(),
-            );
+            return respond(404, "text/plain", b"no reload here\n".to_vec());
         };
         match tokio::task::spawn_blocking(move || reload.reload()).await {
             Ok(Ok(reloaded)) => {

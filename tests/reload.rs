@@ -228,3 +228,67 @@ async fn a_reload_keeps_the_cache_and_code_of_unchanged_tasks_and_refuses_what_n
         "the config in force goes on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_reloads_its_tasks_keeping_the_unchanged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::Key::new();
+    let dist = tasks_dir();
+    let (region_listen, region_admin) = (free_addr(), free_addr());
+    let region_file = dir.path().join("region.yaml");
+    let region = |t: &str| {
+        format!(
+            "role: region\nlisten: \"{region_listen}\"\nadmin: {{ listen: \"{region_admin}\" }}\nforwarding: {{ key_file: {key} }}\ntasks:\n  t: {{ wasm: {t} }}\n  kept: {{ wasm: {hello} }}\n",
+            key = key.path(),
+            t = dist.join(format!("{t}.wasm")).display(),
+            hello = dist.join("hello.wasm").display(),
+        )
+    };
+    write(&region_file, &region("hello"));
+    let _region = start_file(&region_file);
+    let edge_listen = free_addr();
+    let edge_file = dir.path().join("edge.yaml");
+    write(
+        &edge_file,
+        &format!(
+            "role: edge\nlisten: \"{edge_listen}\"\nforwarding: {{ key_file: {key} }}\nregions:\n  r: {{ address: \"{region_listen}\" }}\ntasks:\n  t: {{ wasm: {hello} }}\nroutes:\n  - match: {{ path_prefix: /t }}\n    task: t\n    placement: region\n",
+            key = key.path(),
+            hello = dist.join("hello.wasm").display(),
+        ),
+    );
+    let _edge = start_file(&edge_file);
+    let ask = || async {
+        let resp = client()
+            .get(format!("http://{edge_listen}/t?name=x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.headers().contains_key("x-echo-method")
+    };
+    assert!(!ask().await, "hello answers first");
+    write(&region_file, &region("echo"));
+    let (status, body) = reload(region_admin).await;
+    assert_eq!(status, 200, "{body}");
+    let reloaded: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        reloaded["tasks_changed"],
+        serde_json::json!(["t"]),
+        "{body}"
+    );
+    assert_eq!(
+        reloaded["tasks_kept"],
+        serde_json::json!(["kept"]),
+        "{body}"
+    );
+    assert!(ask().await, "the region runs the new code for t");
+    // A bad region config changes nothing.
+    write(
+        &region_file,
+        &region("echo").replace("tasks:", "tasks:\n  bad: { wasm: nowhere.wasm }"),
+    );
+    let (status, body) = reload(region_admin).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("tasks.bad.wasm"), "{body}");
+    assert!(ask().await, "the config in force goes on");
+}

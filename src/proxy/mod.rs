@@ -19,7 +19,7 @@ use crate::errors::ErrorKind;
 use crate::{framing, normalize};
 
 pub use edge::{Edge, Live as EdgeLive, Parts as EdgeParts};
-pub use region::RegionServer;
+pub use region::{RegionLive, RegionServer};
 
 /// Request ids for logs: a per-process prefix and a counter.
 pub struct RequestIds {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::modules::http::HttpModules;
@@ -29,8 +30,8 @@ use crate::wasm::{Runtime, Task};
 #[derive(Clone)]
 pub struct RegionServer {
     runtime: Arc<Runtime>,
-    tasks: HashMap<String, Arc<Task>>,
-    key: ForwardingKey,
+    /// The tasks and key in force: a reload stores new ones.
+    pub live: Arc<ArcSwap<RegionLive>>,
     /// Signatures accepted within the skew window: each is accepted once.
     seen: Arc<Seen>,
     /// Replayed signatures refused.
@@ -38,6 +39,12 @@ pub struct RegionServer {
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
     pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// What a region's reload replaces, whole.
+pub struct RegionLive {
+    pub tasks: HashMap<String, Arc<Task>>,
+    pub key: ForwardingKey,
 }
 
 /// Per-request state.
@@ -56,8 +63,7 @@ impl RegionServer {
         let tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
         RegionServer {
             runtime,
-            tasks,
-            key,
+            live: Arc::new(ArcSwap::from_pointee(RegionLive { tasks, key })),
             seen: Arc::new(Seen::new()),
             replays: Arc::new(AtomicU64::new(0)),
             in_flight: InFlight::default(),
@@ -70,11 +76,11 @@ impl RegionServer {
     }
 
     /// The forwarded request's signature, if it holds and was not used before.
-    fn authorize(&self, req: &RequestHeader) -> Result<Verified, Rejection> {
+    fn authorize(&self, live: &RegionLive, req: &RequestHeader) -> Result<Verified, Rejection> {
         let now = signing::unix_now();
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let verified = signing::check(
-            &self.key.0,
+            &live.key.0,
             req.method.as_str(),
             path_and_query,
             &req.headers,
@@ -145,7 +151,8 @@ impl ProxyHttp for RegionServer {
             health(session).await?;
             return Ok(true);
         }
-        let verified = match self.authorize(session.req_header()) {
+        let live = self.live.load_full();
+        let verified = match self.authorize(&live, session.req_header()) {
             Ok(verified) => verified,
             Err(rejection) => {
                 let kind = match rejection {
@@ -158,7 +165,7 @@ impl ProxyHttp for RegionServer {
             }
         };
         ctx.verified = Some((verified.task.clone(), verified.request_id.clone()));
-        let Some(task) = self.tasks.get(&verified.task) else {
+        let Some(task) = live.tasks.get(&verified.task) else {
             let detail = format!("no task {:?}", verified.task);
             respond::error(session, ErrorKind::UnknownTask, &detail).await?;
             return Ok(true);

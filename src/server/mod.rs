@@ -30,7 +30,7 @@ use crate::wasm::{self, Capacity, Runtime, Task};
 mod listeners;
 mod reload;
 mod services;
-pub use reload::{Reloaded, Reloader};
+pub use reload::{RegionReloaded, RegionReloader, Reloaded, Reloader};
 use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, ReloadOnHangUp, Reopen};
 
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
@@ -98,7 +98,7 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
     };
     let (sources, reload) = match config.role {
         Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
-        Role::Region => (add_region(&mut server, config, source, shared)?, None),
+        Role::Region => add_region(&mut server, config, source, shared)?,
     };
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
@@ -173,7 +173,7 @@ fn add_edge(
     let reloader = Arc::new(reloader);
     if signals {
         let on_hup = ReloadOnHangUp {
-            reloader: Some(reloader.clone()),
+            reloader: reloader.clone() as Arc<dyn Reload>,
         };
         server.add_service(background_service("reload on SIGHUP", on_hup));
     }
@@ -186,11 +186,21 @@ fn add_region(
     config: &Config,
     source: &Path,
     shared: Shared<'_>,
-) -> Result<Sources, ConfigErrors> {
+) -> Result<(Sources, Option<Arc<dyn Reload>>), ConfigErrors> {
     let mut region = region(config, source)?;
+    let reloader = Arc::new(RegionReloader {
+        source: source.to_path_buf(),
+        current: std::sync::Mutex::new(config.clone()),
+        live: region.live.clone(),
+        runtime: region.runtime().clone(),
+        counters: shared.counters.clone(),
+        resolvers: std::sync::Mutex::default(),
+    });
     if shared.signals {
-        let on_hup = ReloadOnHangUp { reloader: None };
-        server.add_service(background_service("SIGHUP", on_hup));
+        let on_hup = ReloadOnHangUp {
+            reloader: reloader.clone() as Arc<dyn Reload>,
+        };
+        server.add_service(background_service("reload on SIGHUP", on_hup));
     }
     region.in_flight = shared.in_flight.clone();
     region.access_log = shared.access_log.clone();
@@ -204,7 +214,7 @@ fn add_region(
         runtime: Some(region.runtime().clone()),
         access_log: shared.access_log,
     };
-    listeners::add(
+    let resolvers = listeners::add(
         server,
         &config.listeners,
         region,
@@ -212,7 +222,8 @@ fn add_region(
         shared.hand_over,
     )
     .map_err(|e| fail(source, vec![e]))?;
-    Ok(sources)
+    *reloader.resolvers.lock().unwrap_or_else(|p| p.into_inner()) = resolvers;
+    Ok((sources, Some(reloader as Arc<dyn Reload>)))
 }
 
 /// The access log, opened now: a file that cannot be opened is an error at start.

@@ -1,4 +1,4 @@
-//! Reloading an edge's config in place (`SIGHUP`, `POST /reload`): the file is read, checked
+//! Reloading a config in place (`SIGHUP`, `POST /reload`), an edge's or a region's: the file is read, checked
 //! and loaded whole off the request path (pinned tasks compiled, digests computed), then
 //! swapped in at once ([`EdgeParts::live`](crate::proxy::EdgeParts)). A request keeps the
 //! config it arrived under; the next one sees the new. A config with any problem changes
@@ -23,6 +23,7 @@ use crate::metrics::RouteCounts;
 use crate::origins::Origins;
 use crate::placement::Placer;
 use crate::proxy::EdgeLive as Live;
+use crate::proxy::RegionLive;
 use crate::regions::Regions;
 use crate::routing::Router;
 use crate::wasm::{Runtime, Task};
@@ -77,16 +78,105 @@ impl Reloader {
 impl Reloader {
     /// Swaps each TLS listener's certificates for those `config` read; how many.
     fn replace_certificates(&self, config: &Config) -> usize {
-        let resolvers = self.resolvers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut replaced = 0;
-        for (addr, resolver) in resolvers.iter() {
-            let listener = config.listeners.iter().find(|l| l.addr == *addr);
-            if let Some(loaded) = listener.and_then(|l| l.tls.as_ref()?.loaded.clone()) {
-                resolver.replace(loaded);
-                replaced += 1;
+        replace_certificates(&self.resolvers, config)
+    }
+}
+
+/// Swaps each TLS listener's certificates for those `config` read; how many.
+fn replace_certificates(resolvers: &Mutex<super::listeners::Resolvers>, config: &Config) -> usize {
+    let resolvers = resolvers.lock().unwrap_or_else(|p| p.into_inner());
+    let mut replaced = 0;
+    for (addr, resolver) in resolvers.iter() {
+        let listener = config.listeners.iter().find(|l| l.addr == *addr);
+        if let Some(loaded) = listener.and_then(|l| l.tls.as_ref()?.loaded.clone()) {
+            resolver.replace(loaded);
+            replaced += 1;
+        }
+    }
+    replaced
+}
+
+/// Reloads one region's config file: its tasks (each unchanged one keeps its compiled code)
+/// and its forwarding key. What needs a restart is what an edge's reload refuses.
+pub struct RegionReloader {
+    pub(super) source: PathBuf,
+    pub(super) current: Mutex<Config>,
+    pub(super) live: Arc<ArcSwap<RegionLive>>,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) resolvers: Mutex<super::listeners::Resolvers>,
+}
+
+/// What a region's reload changed.
+#[derive(Debug, serde::Serialize)]
+pub struct RegionReloaded {
+    pub tasks_changed: Vec<String>,
+    pub tasks_kept: Vec<String>,
+    pub tasks_removed: Vec<String>,
+    pub tls_listeners: usize,
+}
+
+impl RegionReloader {
+    pub fn reload(&self) -> Result<RegionReloaded, ConfigErrors> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let config = config::load(&self.source)?;
+        let restart = needs_restart(&current, &config);
+        if !restart.is_empty() {
+            return Err(fail(&self.source, restart));
+        }
+        let versions = versions(&config, &self.source)?;
+        let old = self.live.load_full();
+        let (mut tasks, mut to_load, mut reloaded) = (
+            HashMap::new(),
+            Vec::new(),
+            RegionReloaded {
+                tasks_changed: Vec::new(),
+                tasks_kept: Vec::new(),
+                tasks_removed: Vec::new(),
+                tls_listeners: 0,
+            },
+        );
+        for spec in config.tasks.values() {
+            let same = old
+                .tasks
+                .get(&spec.name)
+                .filter(|t| versions.get(&spec.name) == Some(&t.digest) && t.limits == spec.limits);
+            match same {
+                Some(task) => {
+                    tasks.insert(spec.name.clone(), task.clone());
+                    reloaded.tasks_kept.push(spec.name.clone());
+                }
+                None => {
+                    to_load.push(spec);
+                    reloaded.tasks_changed.push(spec.name.clone());
+                }
             }
         }
-        replaced
+        for task in load(&self.runtime, to_load, &self.source)? {
+            tasks.insert(task.name.clone(), task);
+        }
+        let key = config
+            .forwarding_key
+            .clone()
+            .ok_or_else(|| no_key(&self.source))?;
+        reloaded.tasks_removed = (old.tasks.keys())
+            .filter(|name| !config.tasks.contains_key(*name))
+            .cloned()
+            .collect();
+        reloaded.tasks_removed.sort();
+        self.counters.add(config.tasks.keys().map(String::as_str));
+        reloaded.tls_listeners = replace_certificates(&self.resolvers, &config);
+        self.live.store(Arc::new(RegionLive { tasks, key }));
+        *current = config;
+        Ok(reloaded)
+    }
+}
+
+impl Reload for RegionReloader {
+    fn reload(&self) -> Result<serde_json::Value, ConfigErrors> {
+        let reloaded = RegionReloader::reload(self)?;
+        log::info!("reloaded {}: {reloaded:?}", self.source.display());
+        Ok(serde_json::to_value(reloaded).unwrap_or_default())
     }
 }
 

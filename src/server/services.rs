@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 
-use super::Reloader;
 use crate::access_log::AccessLog;
+use crate::admin::Reload;
 use crate::metrics::InFlight;
 
 /// How long past its drain a stopping server may take before the watchdog ends it.
@@ -97,20 +97,18 @@ impl pingora_core::services::background::BackgroundService for Reopen {
     }
 }
 
-/// Reloads the config file on `SIGHUP` ([`Reloader`]), off the runtime's threads. A
-/// region (no reloader) says it does not reload, where the signal's default would end it.
+/// Reloads the config file on `SIGHUP` (an edge's or a region's reloader), off the runtime's
+/// threads.
 pub(super) struct ReloadOnHangUp {
-    pub(super) reloader: Option<Arc<Reloader>>,
+    pub(super) reloader: Arc<dyn Reload>,
 }
 
 impl ReloadOnHangUp {
     async fn reload(&self) {
-        let Some(reloader) = self.reloader.clone() else {
-            return log::warn!("SIGHUP: a region does not reload its config: restart it");
-        };
+        let reloader = self.reloader.clone();
         log::info!("SIGHUP: reloading the config");
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(reloaded)) => log::info!("reloaded: {reloaded:?}"),
+            Ok(Ok(_)) => {} // the reloader logs what changed
             Ok(Err(errors)) => {
                 log::error!("reload refused, the config in force goes on: {errors}");
             }
