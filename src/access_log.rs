@@ -227,9 +227,14 @@ fn append(path: &Path) -> std::io::Result<File> {
 /// never waits on the channel itself: a waiting receiver would make every request's send
 /// wake it (a futex call and a context switch per line); polling, a send is a queue push.
 fn write_lines(mut out: Out, format: LogFormat, pending: &Receiver<Record>, reopen: &AtomicBool) {
-    let formatted = |record: Record| match format {
-        LogFormat::Text => text(&record.line()),
-        LogFormat::Json => json(&record.line()),
+    // One buffer for every line, and the second's text shared by the lines within it.
+    let (mut line, mut seconds) = (String::with_capacity(512), Seconds::default());
+    let mut format_into = |line: &mut String, record: Record| {
+        line.clear();
+        match format {
+            LogFormat::Text => text_into(line, &record.line(), &mut seconds),
+            LogFormat::Json => line.push_str(&json(&record.line())),
+        }
     };
     loop {
         if reopen.swap(false, Ordering::Relaxed) {
@@ -242,7 +247,8 @@ fn write_lines(mut out: Out, format: LogFormat, pending: &Receiver<Record>, reop
             match pending.try_recv() {
                 Ok(record) => {
                     any = true;
-                    written = written.and_then(|()| w.write_all(formatted(record).as_bytes()));
+                    format_into(&mut line, record);
+                    written = written.and_then(|()| w.write_all(line.as_bytes()));
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -261,28 +267,73 @@ fn write_lines(mut out: Out, format: LogFormat, pending: &Receiver<Record>, reop
 /// Combined-like: `client - - [time] "METHOD path VERSION" status bytes "referer"
 /// "user-agent"`, then `key=value` fields, `-` where there is nothing. Written into one
 /// buffer, without a `String` per field.
+#[cfg(test)]
 fn text(l: &Line<'_>) -> String {
-    use std::fmt::Write;
     let mut out = String::with_capacity(256);
+    text_into(&mut out, l, &mut Seconds::default());
+    out
+}
+
+/// The last second a timestamp was formatted for, and its text up to the seconds
+/// (`2025-12-01T14:17:06`): lines within a second share it, and only add milliseconds.
+#[derive(Default)]
+struct Seconds {
+    at: Option<u64>,
+    text: String,
+}
+
+impl Seconds {
+    fn push(&mut self, out: &mut String, time: SystemTime) {
+        let since = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if self.at != Some(since.as_secs()) {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            self.text = humantime::format_rfc3339_seconds(whole).to_string();
+            self.text.pop(); // the `Z`, written after the milliseconds
+            self.at = Some(since.as_secs());
+        }
+        out.push_str(&self.text);
+        out.push('.');
+        push_padded(out, u64::from(since.subsec_millis()), 3);
+        out.push('Z');
+    }
+}
+
+/// [`text`] into `out`, without `fmt` for the numbers, the address and the time.
+fn text_into(out: &mut String, l: &Line<'_>, seconds: &mut Seconds) {
     match l.client {
-        Some(client) => _ = write!(out, "{client}"),
+        Some(std::net::IpAddr::V4(ip)) => {
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_uint(out, u64::from(octet));
+            }
+        }
+        Some(client) => {
+            use std::fmt::Write;
+            _ = write!(out, "{client}");
+        }
         None => out.push('-'),
     }
-    _ = write!(
-        out,
-        " - - [{}] \"",
-        humantime::format_rfc3339_millis(l.time)
-    );
+    out.push_str(" - - [");
+    seconds.push(out, l.time);
+    out.push_str("] \"");
     for (i, part) in [l.method, l.path, l.version].into_iter().enumerate() {
         if i > 0 {
             out.push(' ');
         }
-        escape_into(&mut out, part);
+        escape_into(out, part);
     }
-    _ = write!(out, "\" {} {} \"", l.status, l.bytes);
-    escape_into(&mut out, l.referer.unwrap_or("-"));
+    out.push_str("\" ");
+    push_uint(out, u64::from(l.status));
+    out.push(' ');
+    push_uint(out, l.bytes as u64);
+    out.push_str(" \"");
+    escape_into(out, l.referer.unwrap_or("-"));
     out.push_str("\" \"");
-    escape_into(&mut out, l.user_agent.unwrap_or("-"));
+    escape_into(out, l.user_agent.unwrap_or("-"));
     out.push('"');
     let field = |out: &mut String, key: &str, value: Option<&str>| {
         out.push(' ');
@@ -293,21 +344,57 @@ fn text(l: &Line<'_>) -> String {
             None => out.push('-'),
         }
     };
-    field(&mut out, "id", Some(l.id).filter(|id| !id.is_empty()));
-    field(&mut out, "host", Some(l.host).filter(|h| !h.is_empty()));
-    _ = write!(out, " rt={:.6} route=", l.duration);
+    field(out, "id", Some(l.id).filter(|id| !id.is_empty()));
+    field(out, "host", Some(l.host).filter(|h| !h.is_empty()));
+    // Seconds with six decimals, from whole microseconds.
+    let micros = (l.duration.max(0.0) * 1e6).round() as u64;
+    out.push_str(" rt=");
+    push_uint(out, micros / 1_000_000);
+    out.push('.');
+    push_padded(out, micros % 1_000_000, 6);
+    out.push_str(" route=");
     match l.route {
-        Some(route) => _ = write!(out, "{route}"),
+        Some(route) => push_uint(out, route as u64),
         None => out.push('-'),
     }
-    field(&mut out, "task", l.task);
-    field(&mut out, "placement", l.placement);
-    field(&mut out, "reason", l.reason);
-    field(&mut out, "cache", l.cache);
-    field(&mut out, "upstream", l.upstream.as_deref());
-    field(&mut out, "error", l.error);
+    field(out, "task", l.task);
+    field(out, "placement", l.placement);
+    field(out, "reason", l.reason);
+    field(out, "cache", l.cache);
+    field(out, "upstream", l.upstream.as_deref());
+    field(out, "error", l.error);
     out.push('\n');
-    out
+}
+
+/// `n` in decimal.
+fn push_uint(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut n = n;
+    for d in digits[..width.min(20)].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    for &d in &digits[..width.min(20)] {
+        out.push(char::from(d));
+    }
 }
 
 fn json(l: &Line<'_>) -> String {
@@ -382,6 +469,33 @@ mod tests {
             referer: None,
             user_agent: Some("curl/8 \"quoted\"\u{1}"),
         }
+    }
+
+    #[test]
+    fn numbers_and_times_are_written_as_fmt_would() {
+        let mut l = line();
+        l.time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_598_626_007);
+        l.duration = 12.5;
+        l.status = 504;
+        l.bytes = 0;
+        l.route = Some(10);
+        l.client = Some("2001:db8::1".parse().unwrap());
+        let text = text(&l);
+        assert!(
+            text.starts_with("2001:db8::1 - - [2025-12-01T14:17:06.007Z] "),
+            "{text}"
+        );
+        assert!(text.contains("\" 504 0 \""), "{text}");
+        assert!(text.contains(" rt=12.500000 route=10 "), "{text}");
+        // Lines within one second share its text; the next second gets its own.
+        let mut seconds = Seconds::default();
+        let (mut a, mut b) = (String::new(), String::new());
+        seconds.push(&mut a, l.time);
+        seconds.push(&mut b, l.time + Duration::from_millis(995));
+        assert_eq!(
+            (a.as_str(), b.as_str()),
+            ("2025-12-01T14:17:06.007Z", "2025-12-01T14:17:07.002Z")
+        );
     }
 
     #[test]
