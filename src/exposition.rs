@@ -166,6 +166,9 @@ impl Collector for Sources {
             let help = "Task executions that can run at once (placement.max_inline)";
             let slots = [(Vec::new(), slots as f64)];
             gauges(&mut encoder, "execution_slots", help, None, slots)?;
+            let help = "Task executions that found no slot free and waited for one";
+            let waits = [(Vec::new(), runtime.slot_waits())];
+            counters(&mut encoder, "execution_slot_waits", help, waits)?;
         }
         self.placements(&mut encoder)?;
         if let Some(latencies) = &self.latencies {

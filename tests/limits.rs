@@ -143,3 +143,38 @@ async fn bodies_over_the_limit_get_413() {
     assert_eq!(resp.status(), 413);
     assert_eq!(resp.headers()["x-poplar-error"], "too-large");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execution_that_waits_for_a_slot_is_counted_and_then_runs() {
+    let admin = common::free_addr();
+    let edge = common::start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nplacement: {{ max_inline: 1 }}\ntasks:\n  echo: {{ wasm: echo.wasm, limits: {{ timeout: 5s }} }}\nroutes:\n  - match: {{ path_prefix: /echo }}\n    task: echo\n"
+    ));
+    let slow = |base: String| async move {
+        common::client()
+            .get(format!("{base}/echo?sleep_ms=1500"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let (a, b) = tokio::join!(slow(edge.base.clone()), slow(edge.base.clone()));
+    assert_eq!(
+        (a.as_u16(), b.as_u16()),
+        (200, 200),
+        "the second waited, then ran"
+    );
+    let text = common::client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("poplar_execution_slot_waits_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(waits, Some(1), "{text}");
+}

@@ -61,6 +61,8 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     instances: usize,
     ticker: EpochTicker,
+    /// Executions that found no slot free and waited for one (a sign `max_inline` is small).
+    slot_waits: std::sync::atomic::AtomicU64,
     /// The level guests' stdout and stderr lines are logged at (target `poplar::guest`).
     guest_log: log::Level,
 }
@@ -82,6 +84,7 @@ impl Runtime {
             slots,
             instances,
             ticker,
+            slot_waits: std::sync::atomic::AtomicU64::new(0),
             guest_log: log::Level::Info,
         })
     }
@@ -97,6 +100,11 @@ impl Runtime {
         (self.instances.saturating_sub(free), self.instances)
     }
 
+    /// Executions that waited for a slot, since start.
+    pub fn slot_waits(&self) -> u64 {
+        self.slot_waits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// An execution slot if one is free right now.
     pub fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;
@@ -106,6 +114,11 @@ impl Runtime {
 
     /// An execution slot, waiting for one until `until` at the latest.
     pub async fn slot(&self, until: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
+        if let Some(slot) = self.try_slot() {
+            return Some(slot);
+        }
+        self.slot_waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let acquire = self.slots.clone().acquire_owned();
         let slot = tokio::time::timeout_at(until, acquire).await.ok()?.ok()?;
         self.ticker.wake();
