@@ -8,7 +8,13 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use crate::cache::{Cache, CacheCtx, Entry, Fwd, Lookup, Status, Turn, lock, policy};
+use crate::cache::{
+    Cache, CacheCtx, Entry, Filing, Fwd, KeyParts, Lookup, Status, Tags, Turn, lock, policy,
+    primary_key,
+};
+use crate::config::Target;
+use crate::proxy::EdgeLive as Live;
+use crate::routing::Route;
 
 /// Headers never copied from a stored response: hop-by-hop, framing, and our own.
 const NOT_REPLAYED: &[&str] = &[
@@ -216,4 +222,50 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> 
         text(&req.headers, "if-modified-since").and_then(|d| httpdate::parse_http_date(&d).ok());
     let modified = text(stored, "last-modified").and_then(|d| httpdate::parse_http_date(&d).ok());
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// Where the answer to this request for `host` (normalised), with `body` when a pure route
+/// keys it, is stored.
+pub fn filing(
+    session: &Session,
+    host: Option<&str>,
+    body: Option<&[u8]>,
+    live: &Live,
+    route: &Route,
+) -> Filing {
+    let host = host.unwrap_or("");
+    let req = session.req_header();
+    let (task, version) = match &route.target {
+        Target::Task(name) => (
+            Some(name.clone()),
+            live.versions.get(name).map_or("", String::as_str),
+        ),
+        Target::Origin(_) => (None, ""),
+    };
+    let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
+    let method = if body.is_some() {
+        req.method.as_str()
+    } else {
+        "GET"
+    };
+    let key = primary_key(&KeyParts {
+        route: route.index,
+        version,
+        method,
+        host,
+        path_and_query,
+        body,
+    });
+    let mut request = req.as_owned_parts();
+    if body.is_some() {
+        // A pure task's answer is judged as a GET's: the body is in the key.
+        request.method = http::Method::GET;
+    }
+    let tags = Tags {
+        route: route.index,
+        task,
+        path: req.uri.path().to_string(),
+    };
+    Filing { key, tags, request }
 }

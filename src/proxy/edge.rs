@@ -17,6 +17,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::access;
 use super::cached::{self, Phase};
+use super::origin::ToOrigin;
 use super::refresh::{self, Source};
 use super::task::{self, Inline, Served};
 use super::{
@@ -24,11 +25,11 @@ use super::{
     strip_poplar_headers,
 };
 use crate::access_log::AccessLog;
-use crate::cache::{Cache, CacheCtx, Filing, Fwd, KeyParts, Replay, Tags, primary_key};
+use crate::cache::{Cache, CacheCtx, Fwd, Replay};
 use crate::config::{ForwardingKey, Mode, Target};
 use crate::errors::ErrorKind;
 use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, RouteCounts, Site};
-use crate::origins::{Origins, Pick, Pool, Tried};
+use crate::origins::Origins;
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::{Attempts, Regions, signing};
 use crate::routing::{Route, Router};
@@ -105,15 +106,6 @@ pub struct Ctx {
     request_id: Arc<str>,
     /// Counts the request in flight until the context is dropped, after its logging.
     _in_flight: Option<InFlightGuard>,
-}
-
-/// A request on its way to an origin pool: the servers tried, the one being tried.
-struct ToOrigin {
-    pool: Arc<Pool>,
-    tried: Tried,
-    current: Option<Pick>,
-    /// Whether a connection to `current` was made (a failure after it counts against it too).
-    connected: bool,
 }
 
 /// A task request on its way to a region.
@@ -314,7 +306,13 @@ impl Edge {
         } else if !is_read {
             (fwd, storable) = (Fwd::Method, false);
         }
-        let filing = Self::filing(session, ctx, live, route);
+        let filing = cached::filing(
+            session,
+            ctx.host.as_deref(),
+            ctx.body.as_deref(),
+            live,
+            route,
+        );
         let mut cache_ctx = CacheCtx::new(filing, rc.ttl, fwd, storable);
         cache_ctx.replay = Replay {
             method: session.req_header().method.clone(),
@@ -336,76 +334,10 @@ impl Edge {
         }
     }
 
-    /// Where the answer to this request is stored.
-    fn filing(session: &Session, ctx: &Ctx, live: &Live, route: &Route) -> Filing {
-        let (host, body) = (ctx.host.as_deref().unwrap_or(""), ctx.body.as_deref());
-        let req = session.req_header();
-        let (task, version) = match &route.target {
-            Target::Task(name) => (
-                Some(name.clone()),
-                live.versions.get(name).map_or("", String::as_str),
-            ),
-            Target::Origin(_) => (None, ""),
-        };
-        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
-        let method = if body.is_some() {
-            req.method.as_str()
-        } else {
-            "GET"
-        };
-        let key = primary_key(&KeyParts {
-            route: route.index,
-            version,
-            method,
-            host,
-            path_and_query,
-            body,
-        });
-        let mut request = req.as_owned_parts();
-        if body.is_some() {
-            // A pure task's answer is judged as a GET's: the body is in the key.
-            request.method = http::Method::GET;
-        }
-        let tags = Tags {
-            route: route.index,
-            task,
-            path: req.uri.path().to_string(),
-        };
-        Filing { key, tags, request }
-    }
-
     /// Fetches a stale entry's answer again in the background.
     fn refresh(&self, live: &Live, route: &Route, cache_ctx: Box<CacheCtx>) {
-        let source = match &route.target {
-            Target::Origin(name) => match live.origins.get(name) {
-                Some(pool) => Source::Origin(pool.clone()),
-                None => return,
-            },
-            Target::Task(name) if !live.regions.is_empty() => {
-                let Some(key) = &live.key else {
-                    return;
-                };
-                let home = route.region.as_deref();
-                Source::Region {
-                    regions: live.regions.clone(),
-                    home: home.and_then(|h| live.regions.index_of(h)),
-                    signing: refresh::Signing {
-                        key: key.0.clone(),
-                        task: name.clone(),
-                        request_id: self.ids.next(),
-                    },
-                }
-            }
-            Target::Task(name) => {
-                let Some(task) = live.placer.loaded(name) else {
-                    return;
-                };
-                Source::Inline {
-                    runtime: live.placer.runtime().clone(),
-                    task,
-                }
-            }
+        let Some(source) = Source::for_route(live, route, || self.ids.next()) else {
+            return;
         };
         let (cache, client) = (self.parts.cache.clone(), self.parts.client.clone());
         refresh::spawn(cache, client, cache_ctx, source);
@@ -496,12 +428,7 @@ impl ProxyHttp for Edge {
                     return Ok(true);
                 };
                 ctx.answered = Some(Answered::Origin);
-                ctx.origin = Some(ToOrigin {
-                    pool: pool.clone(),
-                    tried: Tried::default(),
-                    current: None,
-                    connected: false,
-                });
+                ctx.origin = Some(ToOrigin::new(pool.clone()));
                 Ok(false)
             }
             Target::Task(name) => {
@@ -522,15 +449,7 @@ impl ProxyHttp for Edge {
                 "no upstream chosen for this request",
             ));
         };
-        let path = session.req_header().uri.path();
-        let pick = to
-            .pool
-            .pick(path, to.tried)
-            .map_err(|why| ErrorKind::Origin.to_pingora(why))?;
-        to.tried.add(pick.server);
-        to.current = Some(pick);
-        to.connected = false;
-        Ok(Box::new(to.pool.peer(pick)))
+        to.next_peer(session.req_header().uri.path())
     }
 
     async fn connected_to_upstream(
@@ -544,7 +463,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(to) = &mut ctx.origin {
-            to.connected = true;
+            to.connected();
         }
         Ok(())
     }
@@ -561,13 +480,8 @@ impl ProxyHttp for Edge {
         if let (Some(fwd), Some(_)) = (&mut ctx.forward, e) {
             fwd.attempts.broken(&ctx.live.regions);
         }
-        if let Some(to) = &ctx.origin
-            && let (Some(pick), true) = (to.current, to.connected)
-        {
-            match e {
-                None => to.pool.answered(pick.server),
-                Some(_) => to.pool.failed(pick.server),
-            }
+        if let Some(to) = &ctx.origin {
+            to.ended(e.is_some());
         }
         if let Some(log) = &self.parts.access_log {
             let route = ctx.route.and_then(|i| ctx.live.router.by_index(i));
@@ -581,9 +495,11 @@ impl ProxyHttp for Edge {
                 host: ctx.host.as_deref(),
                 route: ctx.route,
                 task,
-                upstream: (ctx.origin.as_ref())
-                    .and_then(|o| o.current)
-                    .map(|p| p.addr.to_string()),
+                upstream: ctx
+                    .origin
+                    .as_ref()
+                    .and_then(|o| o.addr())
+                    .map(|a| a.to_string()),
             };
             access::log(log, session, known);
         }
@@ -603,12 +519,8 @@ impl ProxyHttp for Edge {
             // Nothing was sent: trying the next region is always safe.
             e.set_retry(true);
         }
-        if let Some(to) = &ctx.origin
-            && let Some(pick) = to.current
-        {
-            to.pool.failed(pick.server);
-            // Nothing was sent: the next server may take it.
-            e.set_retry(to.pool.has_untried(to.tried));
+        if let Some(to) = &ctx.origin {
+            to.refused(&mut e);
         }
         e
     }
@@ -622,11 +534,7 @@ impl ProxyHttp for Edge {
         if let Some(fwd) = &ctx.forward {
             Self::sign(ctx, fwd, upstream)?;
         }
-        if let Some(host) = ctx
-            .origin
-            .as_ref()
-            .and_then(|o| o.pool.spec.host.as_deref())
-        {
+        if let Some(host) = ctx.origin.as_ref().and_then(|o| o.host()) {
             upstream.insert_header(http::header::HOST, host)?;
         }
         Ok(())

@@ -4,6 +4,7 @@
 mod access;
 mod cached;
 mod edge;
+mod origin;
 mod refresh;
 mod region;
 mod respond;

@@ -14,7 +14,10 @@ use pingora_http::RequestHeader;
 
 use crate::cache::Cache;
 use crate::cache::CacheCtx;
+use crate::config::Target;
+use crate::proxy::EdgeLive as Live;
 use crate::regions::{Attempts, Regions, signing};
+use crate::routing::Route;
 use crate::upstream::{self, Answer, Client, Failed};
 use crate::wasm::{Runtime, Task};
 
@@ -36,6 +39,38 @@ pub enum Source {
         runtime: Arc<Runtime>,
         task: Arc<Task>,
     },
+}
+
+impl Source {
+    /// Where a stale entry of `route` is fetched again: its origin pool, its task's regions
+    /// (signed with an id from `request_id`), or the task's code at this edge; `None` when
+    /// there is nothing to ask.
+    pub fn for_route(
+        live: &Live,
+        route: &Route,
+        request_id: impl FnOnce() -> Arc<str>,
+    ) -> Option<Source> {
+        Some(match &route.target {
+            Target::Origin(name) => Source::Origin(live.origins.get(name)?.clone()),
+            Target::Task(name) if !live.regions.is_empty() => {
+                let key = live.key.as_ref()?;
+                let home = route.region.as_deref();
+                Source::Region {
+                    regions: live.regions.clone(),
+                    home: home.and_then(|h| live.regions.index_of(h)),
+                    signing: Signing {
+                        key: key.0.clone(),
+                        task: name.clone(),
+                        request_id: request_id(),
+                    },
+                }
+            }
+            Target::Task(name) => Source::Inline {
+                runtime: live.placer.runtime().clone(),
+                task: live.placer.loaded(name)?,
+            },
+        })
+    }
 }
 
 /// How a refresh sent to a region is signed.
