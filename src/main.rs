@@ -140,10 +140,13 @@ fn check(file: PathBuf) -> ExitCode {
     match checked {
         Ok((config, tasks)) => {
             let (routes, regions, tasks) = (config.routes.len(), config.regions.len(), tasks.len());
+            let listeners = config.listeners.len();
+            let tls = config.listeners.iter().filter(|l| l.tls.is_some()).count();
+            let origins = config.origins.len();
             let what = match config.role {
-                poplar::config::Role::Edge => {
-                    format!("edge: {routes} routes, {tasks} tasks, {regions} regions")
-                }
+                poplar::config::Role::Edge => format!(
+                    "edge: {listeners} listeners ({tls} TLS), {routes} routes, {tasks} tasks, {regions} regions, {origins} origin pools"
+                ),
                 poplar::config::Role::Region => format!("region: {tasks} tasks"),
             };
             println!("{}: ok ({what})", file.display());
