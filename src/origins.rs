@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -285,10 +286,6 @@ impl Pool {
         }
     }
 
-    pub fn server(&self, i: usize) -> Option<&Server> {
-        self.servers.get(i)
-    }
-
     /// A server for a request for `path`, not among `tried`; `Err` says why there is none.
     pub fn pick(&self, path: &str, tried: Tried) -> Result<Pick, String> {
         let now = now_ms();
@@ -345,18 +342,8 @@ impl Pool {
     /// verification, the pool's timeouts and CA.
     pub fn peer(&self, pick: Pick) -> HttpPeer {
         let server = &self.servers[pick.server].spec;
-        let sni = if server.tls {
-            server.host.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(pick.addr, server.tls, sni);
-        let t = &self.spec.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.total_connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
+        let sni = server.tls.then(|| server.host.clone());
+        let mut peer = crate::upstream::peer(pick.addr, sni, &self.spec.timeouts);
         peer.options.verify_cert = self.spec.verify;
         peer.options.verify_hostname = self.spec.verify;
         peer.options.ca = self.ca.clone();
@@ -474,8 +461,6 @@ impl BackgroundService for Keeper {
         }
     }
 }
-
-use futures_util::FutureExt;
 
 async fn resolve(pool: Arc<Pool>, server: usize) {
     let spec = &pool.servers[server].spec;

@@ -41,6 +41,7 @@ pub struct Certificates {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// By the parent a wildcard covers: `example.com` for `*.example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Every DNS name the certificates are for, in file order (for `Debug`).
     names: Vec<String>,
 }
 
@@ -116,11 +117,6 @@ impl Certificates {
             .and_then(|p| self.wildcard.get(p))
             .unwrap_or(&self.first)
             .clone()
-    }
-
-    /// Every DNS name the certificates are for, in file order.
-    pub fn names(&self) -> &[String] {
-        &self.names
     }
 }
 

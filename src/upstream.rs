@@ -12,30 +12,34 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Error;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::config::Timeouts;
+
 /// Shorter than an origin's: another region can take the request.
 const REGION_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an unused pooled connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An origin, over plain HTTP/1.1.
+/// An origin with the default timeouts, over plain HTTP/1.1.
 pub fn origin_peer(addr: SocketAddr) -> HttpPeer {
-    peer(addr, ORIGIN_CONNECT_TIMEOUT)
+    peer(addr, None, &Timeouts::default())
 }
 
 /// A region, over plain HTTP/1.1.
 pub fn region_peer(addr: SocketAddr) -> HttpPeer {
-    peer(addr, REGION_CONNECT_TIMEOUT)
+    let timeouts = Timeouts {
+        connect: REGION_CONNECT_TIMEOUT,
+        ..Timeouts::default()
+    };
+    peer(addr, None, &timeouts)
 }
 
-fn peer(addr: SocketAddr, connect: Duration) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(connect);
-    peer.options.read_timeout = Some(READ_TIMEOUT);
-    peer.options.write_timeout = Some(WRITE_TIMEOUT);
-    peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+/// A peer at `addr` with `timeouts` (the connect one bounding a TLS handshake too), over TLS
+/// with `sni` when given.
+pub fn peer(addr: SocketAddr, sni: Option<String>, timeouts: &Timeouts) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, sni.is_some(), sni.unwrap_or_default());
+    peer.options.connection_timeout = Some(timeouts.connect);
+    peer.options.total_connection_timeout = Some(timeouts.connect);
+    peer.options.read_timeout = Some(timeouts.read);
+    peer.options.write_timeout = Some(timeouts.write);
+    peer.options.idle_timeout = Some(timeouts.idle);
     peer
 }
 

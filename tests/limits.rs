@@ -164,14 +164,7 @@ async fn an_execution_that_waits_for_a_slot_is_counted_and_then_runs() {
         (200, 200),
         "the second waited, then ran"
     );
-    let text = common::client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(admin).await;
     let waits = text
         .lines()
         .find_map(|l| l.strip_prefix("poplar_execution_slot_waits_total "))

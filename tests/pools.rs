@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{client, refusing_addr, start_edge};
 use poplar::demo::Origin;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{CertificateParams, KeyPair};
 
 fn origin() -> Origin {
     Origin::start("127.0.0.1:0".parse().unwrap()).unwrap()
@@ -109,17 +109,10 @@ async fn a_name_is_resolved_off_the_request_path_and_one_that_never_resolves_is_
 struct HttpsOrigin {
     addr: SocketAddr,
     ca_pem: String,
-    _dir: tempfile::TempDir,
-}
-
-fn ca() -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
 fn https_origin() -> HttpsOrigin {
-    let ca = ca();
+    let ca = common::test_ca();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
@@ -173,11 +166,9 @@ fn https_origin() -> HttpsOrigin {
             }
         });
     });
-    let dir = tempfile::tempdir().unwrap();
     HttpsOrigin {
         addr,
         ca_pem: ca.pem(),
-        _dir: dir,
     }
 }
 
@@ -187,7 +178,7 @@ async fn an_https_origin_is_verified_against_its_ca_and_a_wrong_ca_is_502_origin
     let dir = tempfile::tempdir().unwrap();
     let (good, wrong) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
     std::fs::write(&good, &origin.ca_pem).unwrap();
-    std::fs::write(&wrong, ca().pem()).unwrap();
+    std::fs::write(&wrong, common::test_ca().pem()).unwrap();
     let port = origin.addr.port();
     let yaml = format!(
         "role: edge
@@ -336,14 +327,7 @@ async fn active_health_checks_take_a_failing_server_out_and_stats_say_so() {
         a.hits() >= hits + 10,
         "every request went to the healthy server"
     );
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(admin).await;
     let up = format!("poplar_origin_server_up{{origin=\"web\",server=\"http://{dead}\"}} 0");
     assert!(metrics.contains(&up), "{metrics}");
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Key, free_addr, start, start_region, tasks_dir};
 use poplar::demo::Origin;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 
@@ -25,9 +25,7 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let issuer = common::test_ca();
         Pki {
             dir: tempfile::tempdir().unwrap(),
             ca: issuer.der().clone(),
@@ -200,14 +198,7 @@ async fn the_certificate_is_chosen_by_sni_wildcards_included_with_tls13_and_alpn
         assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     }
     let failed = || async {
-        let text = common::client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics_text(admin).await;
         let line = text
             .lines()
             .find(|l| l.starts_with("poplar_tls_handshake_failures_total "))

@@ -12,6 +12,9 @@ use super::schema;
 use super::source::{Reported, join};
 use super::units::Dur;
 
+/// How often server names are resolved again by default.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
 /// How a pool spreads requests over its servers.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, schemars::JsonSchema,
@@ -160,7 +163,7 @@ impl OriginSpec {
             timeouts: Timeouts::default(),
             health: None,
             eject: EjectSpec::default(),
-            resolve_every: Duration::from_secs(30),
+            resolve_every: RESOLVE_EVERY,
         })
     }
 }
@@ -215,13 +218,13 @@ fn pool(
         }
         ok
     });
-    let dur = |d: Option<Dur>, default: u64| d.map_or(Duration::from_secs(default), |d| d.0);
-    let t = origin.timeouts;
+    let dur = |d: Option<Dur>, default: Duration| d.map_or(default, |d| d.0);
+    let (t, default) = (origin.timeouts, Timeouts::default());
     let timeouts = Timeouts {
-        connect: dur(t.as_ref().and_then(|t| t.connect), 2),
-        read: dur(t.as_ref().and_then(|t| t.read), 30),
-        write: dur(t.as_ref().and_then(|t| t.write), 30),
-        idle: dur(t.as_ref().and_then(|t| t.idle), 60),
+        connect: dur(t.as_ref().and_then(|t| t.connect), default.connect),
+        read: dur(t.as_ref().and_then(|t| t.read), default.read),
+        write: dur(t.as_ref().and_then(|t| t.write), default.write),
+        idle: dur(t.as_ref().and_then(|t| t.idle), default.idle),
     };
     for (key, value) in [
         ("connect", timeouts.connect),
@@ -238,16 +241,14 @@ fn pool(
     let health = origin
         .health
         .and_then(|h| health(h, &join(path, "health"), r));
+    let default = EjectSpec::default();
     let eject = EjectSpec {
-        failures: origin
-            .eject
-            .as_ref()
-            .and_then(|e| e.failures)
-            .unwrap_or(3)
+        failures: (origin.eject.as_ref().and_then(|e| e.failures))
+            .unwrap_or(default.failures)
             .max(1),
-        duration: dur(origin.eject.and_then(|e| e.duration), 10),
+        duration: dur(origin.eject.and_then(|e| e.duration), default.duration),
     };
-    let resolve_every = dur(origin.resolve_every, 30).max(Duration::from_secs(1));
+    let resolve_every = dur(origin.resolve_every, RESOLVE_EVERY).max(Duration::from_secs(1));
     Some(OriginSpec {
         name: name.to_string(),
         servers,

@@ -67,18 +67,11 @@ impl Reloader {
         let live = live(&config, &self.source, &self.runtime, Some(&old))?;
         self.counters.add(config.tasks.keys().map(String::as_str));
         let mut reloaded = summary(&current, &config, &old, &live);
-        reloaded.tls_listeners = self.replace_certificates(&config);
+        reloaded.tls_listeners = replace_certificates(&self.resolvers, &config);
         self.regions.store(live.regions.clone());
         self.live.store(Arc::new(live));
         *current = config;
         Ok(reloaded)
-    }
-}
-
-impl Reloader {
-    /// Swaps each TLS listener's certificates for those `config` read; how many.
-    fn replace_certificates(&self, config: &Config) -> usize {
-        replace_certificates(&self.resolvers, config)
     }
 }
 

@@ -245,6 +245,23 @@ pub async fn admin_stats(admin: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&resp.text().await.expect("stats body")).expect("stats are JSON")
 }
 
+/// The admin endpoint's `/metrics`, as text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let resp = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("admin answers");
+    resp.text().await.expect("metrics body")
+}
+
+/// A certificate authority made for one test.
+pub fn test_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
 /// An origin that reads request heads itself and, like many servers, takes a body only
 /// when `Content-Length` is one plain number. It records every request line it receives,
 /// and keeps connections alive.
