@@ -46,11 +46,13 @@ fn cache(c: &mut Criterion) {
             path: "/products/12345".into(),
         },
         request: request.clone(),
+        version: None,
+        siblings: None,
     };
     let now = SystemTime::now();
     let body = Bytes::from(vec![b'x'; 4096]);
     let verdict = policy::judge(&request, &response, None, now).unwrap();
-    assert!(cache.store(&filing, verdict.clone(), &response, body.clone(), now));
+    assert!(cache.store(&filing, verdict.clone(), &response, body.clone()));
 
     c.bench_function("cache lookup, hit (4 KiB, Vary)", |b| {
         b.iter(
@@ -63,7 +65,7 @@ fn cache(c: &mut Criterion) {
     c.bench_function("cache judge + store (4 KiB)", |b| {
         b.iter(|| {
             let verdict = policy::judge(&request, &response, None, now).unwrap();
-            cache.store(&filing, verdict, &response, body.clone(), now)
+            cache.store(&filing, verdict, &response, body.clone())
         })
     });
 }

@@ -35,6 +35,7 @@ fn inline(c: &mut Criterion) {
         Runtime::new(Capacity {
             instances: 16,
             max_memory: 64 << 20,
+            guest_memory: 16 * (64 << 20),
         })
         .unwrap(),
     );

@@ -37,13 +37,14 @@ fn placement(c: &mut Criterion) {
     };
     let spec = TaskSpec {
         name: "hello".into(),
-        wasm,
+        wasm: Some(wasm),
         limits,
     };
     let runtime = Arc::new(
         Runtime::new(Capacity {
             instances: 16,
             max_memory: 16 << 20,
+            guest_memory: 16 * (16 << 20),
         })
         .unwrap(),
     );
@@ -77,7 +78,11 @@ fn placement(c: &mut Criterion) {
     });
     let regions = Regions::new(specs.collect(), HealthSpec::default());
     for i in 0..4 {
-        regions.record_probe(i, Ok(Duration::from_millis(10 + i as u64 * 7)));
+        let probed = poplar::regions::health::Probed {
+            elapsed: Duration::from_millis(10 + i as u64 * 7),
+            deadline: None,
+        };
+        regions.record_probe(i, Ok(probed));
     }
     c.bench_function("region choice, 4 regions", |b| {
         b.iter(|| Attempts::new(black_box(Some(1))).next(&regions).is_some())

@@ -14,11 +14,17 @@
 #   (TLS: the same certificate, conf/certs/localhost.pem, ECDSA P-256; TLS 1.3 both)
 #   log: cache hit with the access log on (text, to a file)   vs  the same edge config without
 #   metrics: cache hit with /metrics scraped every second      vs  the same edge config without an admin
-#   6. mixed: requests spread over 1,000 distinct tasks (1,000 builds of hello, told apart by
-#      a custom section, so each is compiled and held on its own) with a Zipf distribution
-#      (scripts/zipf.lua), two regions behind relays adding 20 ms and 60 ms round trips
-#      (examples/relay.rs): placement auto vs all at the edge vs all in a region, each offered
-#      the same fixed request rate (MIXED_RATE, default 2000/s, over 512 connections)
+#   6. mixed: requests spread over 1,000 distinct tasks (builds of hello, and one in 50 of a
+#      13 MB JavaScript component, told apart by a custom section, so each is compiled and
+#      held on its own) with a Zipf distribution (scripts/zipf.lua), two regions behind relays
+#      adding 20 ms and 60 ms round trips (examples/relay.rs): placement auto vs an edge that
+#      runs everything inline, loading on a miss and evicting the least recently used
+#      (examples/lru_edge.rs) vs all in a region; every edge within the same 128 MiB of
+#      resident code, each offered the same fixed request rate (MIXED_RATE, default 2000/s,
+#      over 512 connections)
+#   7. code: start-up to the first inline answer (hello, a 13 MB JS component; cold and with
+#      compiled code on disk) beside `wasmtime serve`, and `poplar deploy` to a hot edge
+#      answering with the new version (scripts/code_bench.py; also scripts/code-bench.sh)
 #
 # Scenarios 1-5 run wrk with the same settings, one after another, in BENCH_ROUNDS rounds
 # (default 3); each server's median is reported. Every server gets 1 worker
@@ -42,7 +48,7 @@ wasmtime_version=48.0.8
 
 scripts/setup.sh wrk nginx h2load:nghttp2-client
 scripts/build-tasks.sh
-cargo build --release --quiet --bin poplar --example relay --example bare_pingora
+cargo build --release --quiet --bin poplar --example relay --example bare_pingora --example lru_edge
 wasmtime="$root/target/tools/bin/wasmtime"
 if ! "$wasmtime" --version 2>/dev/null | grep -q "$wasmtime_version"; then
   echo "bench: building wasmtime-cli $wasmtime_version (once)" >&2
@@ -236,7 +242,7 @@ PY
 
 results="$work/results.tsv"
 : > "$results"
-scenarios=${BENCH_SCENARIOS:-static inline cache origin forward https https-origin handshake h2 log metrics mixed}
+scenarios=${BENCH_SCENARIOS:-static inline cache origin forward https https-origin handshake h2 log metrics mixed code}
 # Scenarios 1-5 run `rounds` times, their servers taking turns within a round, and the report
 # takes each server's median: one run alone moves 10% or more on this shared machine.
 rounds=${BENCH_ROUNDS:-3}
@@ -327,18 +333,27 @@ for round in $(seq "$rounds"); do
   run metrics "poplar cache hit, no admin" "$edge_plain_pid" "http://127.0.0.1:$edge_plain/cached?name=wrk"
 done
 
-# 6. Mixed: 1,000 distinct tasks, Zipf traffic at a fixed rate, far regions.
+# 6. Mixed: 1,000 distinct tasks of realistic sizes, Zipf traffic at a fixed rate, far
+# regions, and every edge policy within the same budget of resident code.
 tasks=1000
 rate=${MIXED_RATE:-2000}
+# Long enough for auto to compile what turns hot (a JS component takes seconds at nice 19).
+warmup=${MIXED_WARMUP:-30}
+budget=$((128 << 20))
 mixed_connections=512
 mixed="$work/mixed.tsv"
 : > "$mixed"
 if wanted mixed; then
-python3 - tasks/dist/hello.wasm "$work/variants" "$tasks" <<'PY'
-# Build i of hello: the same component plus a custom section naming i. Every build has its own
-# digest, so Poplar (like any wasm host) compiles and keeps each one on its own.
+scripts/build-js-task.sh
+python3 - tasks/dist/hello.wasm tasks/dist/js-hello.wasm "$work/variants" "$tasks" <<'PY'
+# Build i of a task: the same component plus a custom section naming i. Every build has its
+# own digest, so Poplar (like any wasm host) compiles and keeps each one on its own. Most are
+# hello (84 KB); one in 50 (ranks 7, 57, 107, ...: one of them among the hottest) is the
+# 13 MB JavaScript component, whose compiled code is 37 MB. Each gets a `t<i>.limits` for
+# examples/lru_edge.rs (memory, deadline in ms).
 import pathlib, sys
-base, out, n = pathlib.Path(sys.argv[1]).read_bytes(), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+hello, js = (pathlib.Path(p).read_bytes() for p in sys.argv[1:3])
+out, n = pathlib.Path(sys.argv[3]), int(sys.argv[4])
 def leb(v):
     b = bytearray()
     while True:
@@ -349,68 +364,87 @@ def leb(v):
 out.mkdir(parents=True)
 name = b"poplar-bench-build"
 for i in range(n):
+    base = js if i % 50 == 7 else hello
     payload = leb(len(name)) + name + str(i).encode()
     (out / f"t{i}.wasm").write_bytes(base + b"\x00" + leb(len(payload)) + payload)
+    (out / f"t{i}.limits").write_text(f"{128 << 20 if base is js else 16 << 20} 50\n")
 PY
+limits_of() { if (( $1 % 50 == 7 )); then echo "{ memory: 128MiB, timeout: $2 }"; else echo "{ memory: 16MiB, timeout: $2 }"; fi; }
 for r in near far; do
   {
-    echo "role: region"; echo "listen: \"127.0.0.1:$(free_port)\""; echo "threads: 1"; echo "tasks:"
+    echo "role: region"; echo "listen: \"127.0.0.1:$(free_port)\""; echo "threads: 1"
+    echo "code_cache: { dir: \"$work/region-code\", max_size: 8GiB }"
+    echo "tasks:"
     for i in $(seq 0 $((tasks - 1))); do
-      echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: { memory: 16MiB, timeout: 1s } }"
+      echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: $(limits_of "$i" 1s) }"
     done
   } > "$work/region-$r.yaml"
 done
 region_near=$(awk -F'"' '/^listen/ {print $2}' "$work/region-near.yaml")
 region_far=$(awk -F'"' '/^listen/ {print $2}' "$work/region-far.yaml")
+echo
+echo "mixed: starting two regions with $tasks distinct tasks each (the first compiles them all, the second loads what it compiled)"
 for r in near far; do
   env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/region-$r.yaml" 2>"$work/region-$r.log" &
   pids+=($!)
+  [ "$r" = near ] && patience=30000 wait_for "http://$region_near/_poplar/health"
 done
+patience=30000 wait_for "http://$region_far/_poplar/health"
 relay_near=$(free_port); relay_far=$(free_port)
 target/release/examples/relay --listen "127.0.0.1:$relay_near" --to "$region_near" --delay-ms 20 & pids+=($!)
 target/release/examples/relay --listen "127.0.0.1:$relay_far" --to "$region_far" --delay-ms 60 & pids+=($!)
-echo
-echo "mixed: starting two regions with $tasks distinct tasks each (each compiles all of them)"
-patience=3000 wait_for "http://$region_near/_poplar/health"
-patience=3000 wait_for "http://$region_far/_poplar/health"
-echo "mixed: $tasks tasks, Zipf 1.1, regions 20 ms and 60 ms away; $rate requests/s offered over $mixed_connections connections, ${duration}s to warm up then ${duration}s measured"
-printf '%-8s %10s %9s %9s %9s %10s %8s  %s\n' placement requests/s p50 p99 errors "edge RSS" "start" "placements"
-for mode in auto edge region; do
+echo "mixed: $tasks tasks, Zipf 1.1, regions 20 ms and 60 ms away; $rate requests/s offered over $mixed_connections connections, ${warmup}s to warm up then ${duration}s measured; every edge holds at most $((budget >> 20)) MiB of compiled code"
+printf '%-9s %10s %9s %9s %9s %9s %10s %8s  %s\n' placement requests/s p50 p99 mean errors "edge RSS" "edge CPU" "placements"
+for mode in auto edge-lru region; do
   port=$(free_port); admin=$(free_port)
-  {
-    echo "role: edge"; echo "listen: \"127.0.0.1:$port\""; echo "threads: 1"
-    echo "admin: { listen: \"127.0.0.1:$admin\" }"
-    echo "placement: { hot_threshold: 5, max_inline: 64, max_resident: 256, max_resident_memory: 128MiB }"
-    echo "regions:"
-    echo "  near: { address: \"127.0.0.1:$relay_near\" }"
-    echo "  far: { address: \"127.0.0.1:$relay_far\" }"
-    echo "tasks:"
-    for i in $(seq 0 $((tasks - 1))); do
-      echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: { memory: 16MiB, timeout: 50ms } }"
-    done
-    echo "routes:"
-    for i in $(seq 0 $((tasks - 1))); do
-      echo "  - { match: { path_prefix: /t/$i }, task: t$i, placement: $mode }"
-    done
-  } > "$work/edge-$mode.yaml"
-  started=$(date +%s.%N)
-  env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge-$mode.yaml" 2>"$work/edge-$mode.log" &
-  mixed_pid=$!
-  patience=3000 wait_for "http://127.0.0.1:$port/_poplar/none"
+  if [ "$mode" = edge-lru ]; then
+    started=$(date +%s.%N)
+    env -u RUST_BACKTRACE RUST_LOG=warn target/release/examples/lru_edge --listen "127.0.0.1:$port" \
+      --tasks "$work/variants" --budget "$budget" --code-cache "$work/edge-code-$mode" 2>"$work/edge-$mode.log" &
+    mixed_pid=$!
+    patience=3000 wait_for "http://127.0.0.1:$port/none"
+  else
+    {
+      echo "role: edge"; echo "listen: \"127.0.0.1:$port\""; echo "threads: 1"
+      echo "admin: { listen: \"127.0.0.1:$admin\" }"
+      echo "code_cache: { dir: \"$work/edge-code-$mode\", max_size: 8GiB }"
+      echo "placement: { hot_threshold: 5, max_inline: 64, max_resident: 256, max_resident_memory: $((budget >> 20))MiB }"
+      echo "regions:"
+      echo "  near: { address: \"127.0.0.1:$relay_near\" }"
+      echo "  far: { address: \"127.0.0.1:$relay_far\" }"
+      echo "tasks:"
+      for i in $(seq 0 $((tasks - 1))); do
+        echo "  t$i: { wasm: $work/variants/t$i.wasm, limits: $(limits_of "$i" 50ms) }"
+      done
+      echo "routes:"
+      for i in $(seq 0 $((tasks - 1))); do
+        echo "  - { match: { path_prefix: /t/$i }, task: t$i, placement: $mode }"
+      done
+    } > "$work/edge-$mode.yaml"
+    started=$(date +%s.%N)
+    env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge-$mode.yaml" 2>"$work/edge-$mode.log" &
+    mixed_pid=$!
+    patience=3000 wait_for "http://127.0.0.1:$port/_poplar/none"
+  fi
   start=$(python3 -c "import time; print(f'{time.time() - $started:.1f}s')")
   # The same load for as long again first, unmeasured: auto's promotions settle, and every
   # policy is measured warm.
-  ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${duration}s" -s scripts/zipf.lua "http://127.0.0.1:$port" >/dev/null
-  curl -s "http://127.0.0.1:$admin/stats" > "$work/stats-before.json"
-  out=$(ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${duration}s" --latency -s scripts/zipf.lua "http://127.0.0.1:$port")
+  ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${warmup}s" --timeout 60s -s scripts/zipf.lua "http://127.0.0.1:$port" >/dev/null
+  placements="-"; by_site="-"
+  [ "$mode" != edge-lru ] && curl -s "http://127.0.0.1:$admin/stats" > "$work/stats-before.json"
+  cpu_before=$(awk '{print $14 + $15}' "/proc/$mixed_pid/stat")
+  # A request waiting for a load is measured, not dropped at wrk's 2 s timeout.
+  out=$(ZIPF_TASKS=$tasks ZIPF_RATE=$rate wrk -t1 -c"$mixed_connections" -d"${duration}s" --timeout 60s --latency -s scripts/zipf.lua "http://127.0.0.1:$port")
+  cpu=$(awk -v before="$cpu_before" -v hz="$(getconf CLK_TCK)" '{printf "%.1fs", ($14 + $15 - before) / hz}' "/proc/$mixed_pid/stat")
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  mean=$(awk '$1=="Latency" && NF > 3 {print $2; exit}' <<<"$out")
   errors=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out" | awk '{s += $1} END {print s + 0}')
   rss=$(ps -o rss= -p "$mixed_pid" | tr -d ' ')
   # Placements counted, and the p99 of the edge's own response times by where requests were
   # answered, both over the measured window (the difference of two /stats snapshots).
-  IFS=$'\t' read -r placements by_site < <(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
+  [ "$mode" != edge-lru ] && IFS=$'\t' read -r placements by_site < <(curl -s "http://127.0.0.1:$admin/stats" | python3 -c 'import json,sys,collections
 def count(stats):
     c = collections.Counter()
     for t in stats["placements"].values():
@@ -435,10 +469,17 @@ for site in ("edge", "region", "cache"):
                 break
 print(" ".join(f"{k}={v}" for k, v in sorted(c.items()) if v), ", ".join(sites), sep="\t")' "$work/stats-before.json")
   kill "$mixed_pid"; wait "$mixed_pid" 2>/dev/null || true
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" "$errors" "$start" "$by_site" >> "$mixed"
-  printf '%-8s %10s %9s %9s %9s %7s KiB %8s  %s; p99 by where answered: %s\n' "$mode" "$rps" "$p50" "$p99" "$errors" "$rss" "$start" "$placements" "$by_site"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$rps" "$p50" "$p99" "$rss" "$placements" "$errors" "$start" "$by_site" "$mean" "$cpu" "$warmup" >> "$mixed"
+  printf '%-9s %10s %9s %9s %9s %9s %7s KiB %8s  %s; p99 by where answered: %s\n' "$mode" "$rps" "$p50" "$p99" "$mean" "$errors" "$rss" "$cpu" "$placements" "$by_site"
 done
 fi
 
 python3 scripts/bench_report.py "$results" "$duration" "$connections" "$(nproc)" "$(uname -r)" \
   "$(wrk --version 2>&1 | head -1 | awk '{print $2}')" "$(nginx -v 2>&1 | sed 's/.*nginx\///')" "$wasmtime_version" "$mixed" "$rate" "$mixed_connections" "$rounds"
+
+# 7. Task code: start to first inline answer, cold and warm, beside wasmtime serve; deploy to
+# a hot edge (scripts/code_bench.py writes its own section of docs/BENCHMARKS.md).
+if wanted code; then
+  scripts/build-js-task.sh
+  python3 scripts/code_bench.py
+fi

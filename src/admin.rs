@@ -34,19 +34,46 @@ pub struct Admin {
     sources: Sources,
     reload: Option<Arc<dyn Reload>>,
     registry: prometheus_client::registry::Registry,
-    /// The bearer token's digest: requests are checked by comparing digests, so the time a
-    /// comparison takes says nothing about the token.
-    token: Option<[u8; 32]>,
+    /// The bearer token changes need (and reads, with `guard_reads`).
+    token: Option<BearerToken>,
     guard_reads: bool,
+    /// A region's task registry: the deploy API under `/tasks`, guarded by its own token.
+    tasks: Option<Arc<crate::registry::Registry>>,
 }
 
 /// Whether a request may do what it asks.
-enum Access {
+pub(crate) enum Access {
     Allowed,
     /// No `Authorization: Bearer`: 401.
     Unauthenticated,
     /// A token, not this endpoint's: 403.
     Forbidden,
+}
+
+/// A bearer token, kept as its SHA-256: requests are checked by comparing digests, so the
+/// time a comparison takes says nothing about the token.
+pub(crate) struct BearerToken([u8; 32]);
+
+impl BearerToken {
+    pub(crate) fn new(token: &[u8]) -> BearerToken {
+        BearerToken(Sha256::digest(token).into())
+    }
+
+    /// Whether `req` carries this token as `Authorization: Bearer`.
+    pub(crate) fn check(&self, req: &pingora_http::RequestHeader) -> Access {
+        let given = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim());
+        match given {
+            None => Access::Unauthenticated,
+            Some(given) if Sha256::digest(given.as_bytes()).as_slice() == self.0 => Access::Allowed,
+            Some(_) => Access::Forbidden,
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -59,6 +86,11 @@ struct Stats {
     /// Every origin server, and whether it takes requests.
     origins: Vec<crate::origins::ServerStatus>,
     cache: Option<CacheStats>,
+    /// Task code made ready since start: compiled, or loaded compiled from `code_cache`.
+    code: Option<crate::wasm::CodeCounts>,
+    /// A region's registry: each deployed task's versions and current one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry: Option<BTreeMap<String, crate::registry::Entry>>,
     /// TLS handshakes clients failed (or did not finish within 60 s), since start.
     tls_handshake_failures: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,26 +104,22 @@ impl Admin {
             sources,
             reload,
             registry,
-            token: spec.token.as_ref().map(|t| Sha256::digest(&t.0).into()),
+            token: spec.token.as_ref().map(|t| BearerToken::new(&t.0)),
             guard_reads: spec.guard_reads,
+            tasks: None,
         }
     }
 
+    /// Serves `registry`'s deploy API under `/tasks`.
+    pub fn with_registry(mut self, registry: Arc<crate::registry::Registry>) -> Admin {
+        self.tasks = Some(registry);
+        self
+    }
+
     fn access(&self, req: &pingora_http::RequestHeader) -> Access {
-        let Some(token) = &self.token else {
-            return Access::Allowed;
-        };
-        let given = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, credentials)| credentials.trim());
-        match given {
-            None => Access::Unauthenticated,
-            Some(given) if Sha256::digest(given.as_bytes()).as_slice() == token => Access::Allowed,
-            Some(_) => Access::Forbidden,
+        match &self.token {
+            Some(token) => token.check(req),
+            None => Access::Allowed,
         }
     }
 
@@ -120,6 +148,8 @@ impl Admin {
                 .map(|l| l.load().origins.status())
                 .unwrap_or_default(),
             cache: s.cache.as_ref().map(|c| c.stats()),
+            code: s.runtime.as_ref().map(|r| r.code.snapshot()),
+            registry: s.registry.as_ref().map(|r| r.entries()),
             tls_handshake_failures:
                 pingora_core::services::listening::downstream_handshake_failures(),
             replays_refused: s
@@ -196,7 +226,7 @@ fn from_a_browser_elsewhere(req: &pingora_http::RequestHeader) -> bool {
     }
 }
 
-fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+pub(crate) fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
     let response = http::Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -206,16 +236,20 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec
     response.unwrap_or_else(|_| http::Response::new(Vec::new()))
 }
 
-fn refuse(access: Access) -> Option<http::Response<Vec<u8>>> {
+/// The answer to a request `access` refuses (`None` when it allows it): 401 with a
+/// challenge, or 403, naming the token needed (`what`: `admin` or `deploy`).
+pub(crate) fn refuse(access: Access, what: &str) -> Option<http::Response<Vec<u8>>> {
     let status = match access {
         Access::Allowed => return None,
         Access::Unauthenticated => 401,
         Access::Forbidden => 403,
     };
-    let body = b"this needs the admin token: Authorization: Bearer TOKEN\n".to_vec();
-    let mut response = respond(status, "text/plain", body);
-    if status == 401 {
-        let challenge = http::HeaderValue::from_static("Bearer realm=\"poplar admin\"");
+    let body = format!("this needs the {what} token: Authorization: Bearer TOKEN\n");
+    let mut response = respond(status, "text/plain", body.into_bytes());
+    if status == 401
+        && let Ok(challenge) =
+            http::HeaderValue::from_str(&format!("Bearer realm=\"poplar {what}\""))
+    {
         response
             .headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, challenge);
@@ -229,8 +263,18 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let query = req.uri.query().unwrap_or_default().to_string();
         let changes = req.method != http::Method::GET && req.method != http::Method::HEAD;
+        if let Some(registry) = &self.tasks {
+            if changes && req.uri.path().starts_with("/tasks") && from_a_browser_elsewhere(req) {
+                let message = b"cross-origin requests may not change state here\n".to_vec();
+                return respond(403, "text/plain", message);
+            }
+            if let Some(answer) = crate::registry::api::handle(registry, session).await {
+                return answer;
+            }
+        }
+        let req = session.req_header();
         if (changes || self.guard_reads)
-            && let Some(refused) = refuse(self.access(req))
+            && let Some(refused) = refuse(self.access(req), "admin")
         {
             return refused;
         }

@@ -13,6 +13,16 @@ pub fn declared_body_len(req: &pingora_http::RequestHeader) -> Option<u64> {
     }
 }
 
+/// The `content-length` in `headers`, when there is exactly one and it is a number.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    value.to_str().ok()?.trim().parse().ok()
+}
+
 /// Joins body chunks into one, without copying when there is only one.
 pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
     match chunks.len() {

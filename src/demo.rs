@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use crate::config::{
     AdminSpec, CacheSpec, Config, ForwardingKey, HealthSpec, Limits, ListenerSpec, Match, Mode,
-    OriginSpec, PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec, Target,
-    TaskSpec, TlsSpec,
+    OriginSpec, PathMatch, PlacementSpec, RegionSpec, RegistrySpec, Role, RouteCache, RouteSpec,
+    Secret, Target, TaskSpec, TlsSpec,
 };
 use crate::server::Running;
 
@@ -32,7 +32,9 @@ use crate::server::Running;
 /// `x-origin-header-names` show what it was sent, and `x-origin-count` how many requests it
 /// has answered. Query parameters shape the
 /// answer: `cc=` its `Cache-Control`, `vary=` its `Vary`, `delay_ms=` a wait before it,
-/// `size=` a body padded to that many bytes.
+/// `size=` a body padded to that many bytes, `location=` its `Location`, `etag=T` an
+/// `ETag: "T"` (and `304` to a request
+/// whose `If-None-Match` names it); a request header `x-origin-status: N` makes it answer `N`.
 pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicU64>,
@@ -162,6 +164,29 @@ async fn answer(
     if let Some(vary) = param("vary") {
         response = response.header("vary", vary);
     }
+    if let Some(location) = param("location") {
+        response = response.header("location", location);
+    }
+    // `?etag=T`: the answer carries `ETag: "T"`, and a request naming it gets `304`.
+    if let Some(etag) = param("etag") {
+        let etag = format!("\"{etag}\"");
+        let named = seen("if-none-match")
+            .to_str()
+            .is_ok_and(|tags| tags.split(',').any(|t| t.trim() == etag));
+        response = response.header("etag", &etag);
+        if named {
+            let response = response.status(304).body(Full::new(Bytes::new()));
+            return Ok(response.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()))));
+        }
+    }
+    // `x-origin-status: N` (a header, so that the URL, and the cache key, stay the same).
+    if let Some(status) = parts
+        .headers
+        .get("x-origin-status")
+        .and_then(|s| s.to_str().ok()?.parse::<u16>().ok())
+    {
+        response = response.status(status);
+    }
     let response = response.body(Full::new(Bytes::from(text)));
     Ok(response.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()))))
 }
@@ -217,7 +242,16 @@ pub struct DemoAddrs {
     pub origin: SocketAddr,
     pub regions: [(&'static str, SocketAddr); 2],
     pub admin: SocketAddr,
+    /// The first region's admin listener: its deploy API (`poplar deploy`).
+    pub region_admin: SocketAddr,
+    /// Where the first region keeps deployed tasks (kept across runs).
+    pub registry: PathBuf,
 }
+
+/// The demo's deploy token (loopback only).
+pub const DEMO_DEPLOY_TOKEN: &str = "poplar-demo-deploy-token";
+/// The task the demo's edge takes from its region once deployed there.
+pub const DEMO_DEPLOYED_TASK: &str = "greet";
 
 fn demo_tasks(tasks_dir: &Path, limits: Limits) -> BTreeMap<String, TaskSpec> {
     DEMO_TASKS
@@ -228,7 +262,7 @@ fn demo_tasks(tasks_dir: &Path, limits: Limits) -> BTreeMap<String, TaskSpec> {
                 name.to_string(),
                 TaskSpec {
                     name: name.to_string(),
-                    wasm,
+                    wasm: Some(wasm),
                     limits,
                 },
             )
@@ -236,8 +270,14 @@ fn demo_tasks(tasks_dir: &Path, limits: Limits) -> BTreeMap<String, TaskSpec> {
         .collect()
 }
 
-/// A region's config: every demo task, with a region's larger limits.
-pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -> Config {
+/// A region's config: every demo task, with a region's larger limits; with `registry`
+/// (its admin listener and folder), a registry to deploy tasks to.
+pub fn region_config(
+    listen: SocketAddr,
+    tasks_dir: &Path,
+    key: ForwardingKey,
+    registry: Option<(SocketAddr, PathBuf)>,
+) -> Config {
     let limits = Limits {
         memory: 256 << 20,
         timeout: Duration::from_secs(10),
@@ -247,12 +287,18 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         role: Role::Region,
         listeners: vec![ListenerSpec::plain(listen)],
         threads: 1,
-        admin: None,
+        admin: registry.as_ref().map(|(admin, _)| AdminSpec {
+            listen: *admin,
+            token_file: None,
+            token: None,
+            guard_reads: false,
+        }),
         key_source: None,
         trusted_proxies: Vec::new(),
         request_id_header: None,
         guest_log: log::Level::Info,
         access_log: None,
+        clients: crate::config::ClientLimits::default(),
         grace_period: Duration::from_secs(1),
         upgrade_socket: crate::config::DEFAULT_UPGRADE_SOCKET.into(),
         forwarding_key: Some(key),
@@ -261,6 +307,14 @@ pub fn region_config(listen: SocketAddr, tasks_dir: &Path, key: ForwardingKey) -
         health: HealthSpec::default(),
         cache: CacheSpec::default(),
         tasks: demo_tasks(tasks_dir, limits),
+        code_cache: None,
+        registry: registry.map(|(_, dir)| RegistrySpec {
+            dir,
+            token_file: None,
+            token: Some(Secret(DEMO_DEPLOY_TOKEN.as_bytes().to_vec())),
+            max_memory: 256 << 20,
+            max_code: 64 << 20,
+        }),
         origins: BTreeMap::new(),
         routes: Vec::new(),
     }
@@ -289,6 +343,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
         request_id_header: None,
         guest_log: log::Level::Info,
         access_log: None,
+        clients: crate::config::ClientLimits::default(),
         grace_period: Duration::from_secs(1),
         upgrade_socket: crate::config::DEFAULT_UPGRADE_SOCKET.into(),
         forwarding_key: Some(key),
@@ -307,7 +362,18 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
             .collect(),
         health: HealthSpec::default(),
         cache: CacheSpec::default(),
-        tasks: demo_tasks(tasks_dir, limits),
+        tasks: {
+            let mut tasks = demo_tasks(tasks_dir, limits);
+            let deployed = TaskSpec {
+                name: DEMO_DEPLOYED_TASK.to_string(),
+                wasm: None,
+                limits,
+            };
+            tasks.insert(deployed.name.clone(), deployed);
+            tasks
+        },
+        code_cache: None,
+        registry: None,
         origins: OriginSpec::single(&addrs.origin.to_string())
             .map(|o| BTreeMap::from([(o.name.clone(), o)]))
             .unwrap_or_default(),
@@ -361,6 +427,12 @@ fn demo_routes(addrs: &DemoAddrs) -> Vec<RouteSpec> {
             Some(addrs.regions[0].0),
         ),
         route("/echo", task("echo"), Mode::Auto, None),
+        route(
+            "/greet",
+            task(DEMO_DEPLOYED_TASK),
+            Mode::Auto,
+            Some(addrs.regions[0].0),
+        ),
         route("/json", task("json-transform"), Mode::Region, None),
         route(
             "/",
@@ -396,8 +468,10 @@ pub fn run(addrs: DemoAddrs, tasks_dir: PathBuf) -> anyhow::Result<()> {
         ..addrs
     };
     let mut regions = Vec::new();
-    for (name, addr) in addrs.regions {
-        let config = region_config(addr, &tasks_dir, key.clone());
+    let registry_dir = addrs.registry.clone();
+    for (i, (name, addr)) in addrs.regions.into_iter().enumerate() {
+        let registry = (i == 0).then(|| (addrs.region_admin, registry_dir.clone()));
+        let config = region_config(addr, &tasks_dir, key.clone(), registry);
         let region = Running::start(&config, Path::new("<demo region>"))
             .with_context(|| format!("cannot start region {name} on {addr}"))?;
         regions.push(region);
@@ -430,6 +504,10 @@ fn print_guide(addrs: &DemoAddrs) {
     println!("  regions  {east} http://{east_addr}, {west} http://{west_addr}");
     println!("  origin   http://{}", addrs.origin);
     println!("  admin    http://{}/stats", addrs.admin);
+    println!(
+        "  deploy   http://{} ({east}'s registry; token {DEMO_DEPLOY_TOKEN})",
+        addrs.region_admin
+    );
     println!();
     println!(
         "Try (watch x-poplar-placement: cold tasks go to a region, hot ones run at the edge):"
@@ -448,6 +526,20 @@ fn print_guide(addrs: &DemoAddrs) {
         "  curl -i --http2 -k {https}/echo  # HTTPS and HTTP/2 (-k: the demo's own certificate)"
     );
     println!("  curl -s http://{}/stats", addrs.admin);
+    println!();
+    let region = format!("--region http://{}", addrs.region_admin);
+    let task = DEMO_DEPLOYED_TASK;
+    println!("Deploy a task the edge has no code for, and watch it come to the edge when hot:");
+    println!("  export POPLAR_DEPLOY_TOKEN={DEMO_DEPLOY_TOKEN}");
+    println!(
+        "  poplar deploy {task} tasks/dist/hello.wasm {region} --memory 32MiB --timeout 100ms"
+    );
+    println!(
+        "  for i in $(seq 20); do curl -s -D - -o /dev/null {base}/{task} | grep -i -e placement -e digest; sleep 0.1; done"
+    );
+    println!("  poplar deploy {task} tasks/dist/echo.wasm {region} --memory 32MiB --timeout 100ms");
+    println!("  poplar tasks {task} {region}       # its versions; then, with the first digest:");
+    println!("  poplar rollback {task} <digest> {region}");
     println!();
     println!("Ctrl-C stops it.");
 }

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The request could not be read.
     BadRequest,
+    /// The request body stopped arriving for `clients.body_timeout`.
+    BodyTimeout,
     /// The task trapped (panic, unreachable, stack overflow).
     Trap,
     /// The task hit its memory cap.
@@ -69,6 +71,12 @@ impl ErrorKind {
                 Info,
             ),
             ErrorKind::BadRequest => row(400, "bad-request", "the request is malformed", Info),
+            ErrorKind::BodyTimeout => row(
+                408,
+                "body-timeout",
+                "the request body stopped arriving",
+                Info,
+            ),
             ErrorKind::Trap => row(500, "trap", "the task trapped", Error),
             ErrorKind::Memory => row(500, "memory", "the task reached its memory limit", Error),
             ErrorKind::Deadline => row(504, "deadline", "the task ran past its deadline", Error),
@@ -203,6 +211,7 @@ mod tests {
             ErrorKind::NoRoute,
             ErrorKind::TooLarge,
             ErrorKind::BadRequest,
+            ErrorKind::BodyTimeout,
             ErrorKind::Trap,
             ErrorKind::Memory,
             ErrorKind::Deadline,

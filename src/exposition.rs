@@ -40,7 +40,11 @@ pub struct Sources {
     pub replays_refused: Option<Arc<AtomicU64>>,
     pub in_flight: InFlight,
     pub runtime: Option<Arc<Runtime>>,
+    /// A region's task registry, if it has one.
+    pub registry: Option<Arc<crate::registry::Registry>>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Client connections open and refused at `clients.max_connections`.
+    pub connections: Arc<crate::server::Connections>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -169,6 +173,32 @@ impl Collector for Sources {
             let help = "Task executions that found no slot free and waited for one";
             let waits = [(Vec::new(), runtime.slot_waits())];
             counters(&mut encoder, "execution_slot_waits", help, waits)?;
+            let (held, budget, refused) = runtime.guest_memory();
+            let help = "Linear memory held by the executions running now";
+            gauges(
+                &mut encoder,
+                "guest_memory",
+                help,
+                Some(&Unit::Bytes),
+                [(Vec::new(), held as f64)],
+            )?;
+            let help = "Linear memory all executions together may hold (placement.guest_memory)";
+            let budget = [(Vec::new(), budget as f64)];
+            gauges(
+                &mut encoder,
+                "guest_memory_budget",
+                help,
+                Some(&Unit::Bytes),
+                budget,
+            )?;
+            let help = "Guest memory growths refused because the budget was spent";
+            counters(
+                &mut encoder,
+                "guest_memory_refused",
+                help,
+                [(Vec::new(), refused)],
+            )?;
+            code(runtime, &mut encoder)?;
         }
         self.placements(&mut encoder)?;
         if let Some(latencies) = &self.latencies {
@@ -199,6 +229,7 @@ impl Collector for Sources {
             help,
             [(Vec::new(), failures)],
         )?;
+        clients(&self.connections, &mut encoder)?;
         if let Some(cache) = &self.cache {
             cache_counters(cache, &mut encoder)?;
         }
@@ -218,6 +249,25 @@ impl Collector for Sources {
         }
         Ok(())
     }
+}
+
+/// Client connections open and refused, and request heads refused, by status.
+fn clients(
+    connections: &crate::server::Connections,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> std::fmt::Result {
+    let help = "Client connections open now";
+    let open = [(Vec::new(), connections.open() as f64)];
+    gauges(encoder, "client_connections", help, None, open)?;
+    let help = "Client connections refused at clients.max_connections";
+    let refused = [(Vec::new(), connections.refused())];
+    counters(encoder, "client_connections_refused", help, refused)?;
+    let [timeout, uri, fields] = pingora_proxy::refused_request_heads();
+    let by_status = [("408", timeout), ("414", uri), ("431", fields)]
+        .map(|(status, n)| (vec![("status", status.to_string())], n));
+    let help =
+        "Request heads refused: too slow (408), request line (414) or fields (431) too large";
+    counters(encoder, "request_heads_refused", help, by_status)
 }
 
 impl Sources {
@@ -273,8 +323,54 @@ fn tasks(placer: &Placer, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Resu
         let labels = vec![("task", name.clone()), ("state", s.code.to_string())];
         (labels, 1.0)
     });
-    let help = "The state of the task's compiled code at this edge (absent, compiling, resident, pinned, failed)";
-    gauges(encoder, "task_code", help, None, code)
+    let help = "The state of the task's compiled code at this edge (absent, fetching, compiling, resident, pinned, failed)";
+    gauges(encoder, "task_code", help, None, code)?;
+    // How the code loaded now was made ready, and how long that took.
+    let ready = status.iter().filter_map(|(name, s)| {
+        let ready = s.ready?;
+        let how = if ready.compiled { "compiled" } else { "loaded" };
+        let labels = vec![("task", name.clone()), ("how", how.to_string())];
+        Some((labels, ready.ms / 1000.0))
+    });
+    let help = "The time the task's code loaded here took to make ready: compiled, or loaded from code_cache";
+    gauges(
+        encoder,
+        "task_code_ready",
+        help,
+        Some(&Unit::Seconds),
+        ready,
+    )
+}
+
+/// Task code made ready, compiled or loaded compiled from the code cache; the cache's size.
+fn code(runtime: &Runtime, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let counts = runtime.code.snapshot();
+    let how = |h: &str| vec![("how", h.to_string())];
+    let help = "Task components made ready: compiled from wasm, or loaded compiled from code_cache";
+    let ready = [
+        (how("compiled"), counts.compiled),
+        (how("loaded"), counts.loaded),
+    ];
+    counters(encoder, "code_ready", help, ready)?;
+    let help = "Time making task components ready took";
+    let took = [
+        (how("compiled"), ConstCounter::new(counts.compile_seconds)),
+        (how("loaded"), ConstCounter::new(counts.load_seconds)),
+    ];
+    family(
+        encoder,
+        "code_ready",
+        help,
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+        took,
+    )?;
+    if let Some(store) = runtime.store() {
+        let help = "Bytes of code and compiled code kept in code_cache";
+        let bytes = [(Vec::new(), store.bytes() as f64)];
+        gauges(encoder, "code_cache", help, Some(&Unit::Bytes), bytes)?;
+    }
+    Ok(())
 }
 
 /// Requests by route and status class; promotion compiles; the resident set.

@@ -21,6 +21,7 @@ pub mod origins;
 pub mod placement;
 pub mod proxy;
 pub mod regions;
+pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod tls;

@@ -44,6 +44,44 @@ enum Command {
     },
     /// Print the config file's JSON Schema, for editors to validate and complete configs.
     Schema,
+    /// Deploy a component as the current version of a task in a region's registry.
+    Deploy {
+        /// The task's name.
+        name: String,
+        /// The wasi:http component.
+        file: PathBuf,
+        #[command(flatten)]
+        region: RegionArgs,
+        /// Linear memory it may use (default 64MiB).
+        #[arg(long)]
+        memory: Option<String>,
+        /// Its deadline per request (default 1s).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// The largest request body it takes (default 1MiB).
+        #[arg(long)]
+        max_body: Option<String>,
+    },
+    /// List a region's deployed tasks and their versions (or one task's).
+    Tasks {
+        name: Option<String>,
+        #[command(flatten)]
+        region: RegionArgs,
+    },
+    /// Make an earlier version of a task current again.
+    Rollback {
+        name: String,
+        /// The version's digest (`poplar tasks NAME` lists them).
+        digest: String,
+        #[command(flatten)]
+        region: RegionArgs,
+    },
+    /// Remove a task and all its versions from a region's registry.
+    Undeploy {
+        name: String,
+        #[command(flatten)]
+        region: RegionArgs,
+    },
     /// Start an origin, two regions and an edge with the example tasks on loopback.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -58,10 +96,95 @@ enum Command {
         regions: Vec<SocketAddr>,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// The first region's admin listener, with its deploy API.
+        #[arg(long, default_value = "127.0.0.1:9911")]
+        region_admin: SocketAddr,
+        /// Where the first region keeps deployed tasks (default: poplar-demo-registry in
+        /// the temporary folder, kept across runs).
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
         /// Where the built example tasks are.
         #[arg(long, default_value = "tasks/dist")]
         tasks: PathBuf,
     },
+}
+
+/// Which region's deploy API, and the token it needs.
+#[derive(clap::Args)]
+struct RegionArgs {
+    /// The region's admin listener, `http://host:port`.
+    #[arg(long, value_name = "URL")]
+    region: String,
+    /// A file holding the deploy token (default: POPLAR_DEPLOY_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+/// Sends one deploy API request and prints the answer: exit 0 on a 2xx.
+fn registry_call(args: &RegionArgs, method: &str, path: &str, body: bytes::Bytes) -> ExitCode {
+    let token = match &args.token_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        None => std::env::var(poplar::config::DEPLOY_TOKEN_ENV).map_err(|_| {
+            format!(
+                "no deploy token: set {} or --token-file",
+                poplar::config::DEPLOY_TOKEN_ENV
+            )
+        }),
+    };
+    let token = match token {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("poplar: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let answer = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let admin = poplar::registry::client::Admin::new(&args.region, token).await?;
+            admin.send(method, path, body).await
+        })
+    });
+    match answer {
+        Ok((status, text)) if (200..300).contains(&status) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            eprint!("poplar: the region answered {status}: {text}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("poplar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn deploy(
+    name: &str,
+    file: &std::path::Path,
+    region: &RegionArgs,
+    limits: [(&str, Option<String>); 3],
+) -> ExitCode {
+    let code = match std::fs::read(file) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("poplar: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let query = poplar::registry::client::deploy_query(&poplar::wasm::digest(&code), &limits);
+    registry_call(
+        region,
+        "PUT",
+        &format!("/tasks/{name}?{query}"),
+        code.into(),
+    )
 }
 
 fn main() -> ExitCode {
@@ -69,6 +192,41 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, upgrade } => serve(config, upgrade),
         Command::Check { config } => check(config),
+        Command::Deploy {
+            name,
+            file,
+            region,
+            memory,
+            timeout,
+            max_body,
+        } => deploy(
+            &name,
+            &file,
+            &region,
+            [
+                ("memory", memory),
+                ("timeout", timeout),
+                ("max_body", max_body),
+            ],
+        ),
+        Command::Tasks { name, region } => {
+            let path = name.map_or_else(|| "/tasks".to_string(), |n| format!("/tasks/{n}"));
+            registry_call(&region, "GET", &path, bytes::Bytes::new())
+        }
+        Command::Rollback {
+            name,
+            digest,
+            region,
+        } => {
+            let path = format!("/tasks/{name}/current?digest={digest}");
+            registry_call(&region, "POST", &path, bytes::Bytes::new())
+        }
+        Command::Undeploy { name, region } => registry_call(
+            &region,
+            "DELETE",
+            &format!("/tasks/{name}"),
+            bytes::Bytes::new(),
+        ),
         Command::Schema => {
             let schema = poplar::config::schema::json_schema();
             println!(
@@ -83,6 +241,8 @@ fn main() -> ExitCode {
             origin,
             regions,
             admin,
+            region_admin,
+            registry,
             tasks,
         } => {
             let addrs = poplar::demo::DemoAddrs {
@@ -91,6 +251,9 @@ fn main() -> ExitCode {
                 origin,
                 regions: [("us-east", regions[0]), ("eu-west", regions[1])],
                 admin,
+                region_admin,
+                registry: registry
+                    .unwrap_or_else(|| std::env::temp_dir().join("poplar-demo-registry")),
             };
             demo(addrs, tasks)
         }

@@ -22,10 +22,12 @@ pub fn origin_peer(addr: SocketAddr) -> HttpPeer {
     peer(addr, None, &Timeouts::default())
 }
 
-/// A region, over plain HTTP/1.1.
-pub fn region_peer(addr: SocketAddr) -> HttpPeer {
+/// A region, over plain HTTP/1.1, given `read` to answer (its longest task deadline and
+/// the round trip): a region silent for longer is hung, not busy.
+pub fn region_peer(addr: SocketAddr, read: Duration) -> HttpPeer {
     let timeouts = Timeouts {
         connect: REGION_CONNECT_TIMEOUT,
+        read,
         ..Timeouts::default()
     };
     peer(addr, None, &timeouts)

@@ -7,15 +7,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Edge, Key, client, free_addr, placement, start_edge, start_region};
+use common::{Edge, Key, client, free_addr, header, placement, start_edge, start_region};
 use poplar::demo::Origin;
-
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default()
-}
 
 /// An edge without regions: `/hello` (cached 30 s by default), `/echo` (cached, response
 /// freshness only), `/pure` (echo, pure: POSTs cached by body), `/site` (origin, cached),
@@ -490,6 +483,40 @@ async fn stale_if_error_serves_stale_when_the_region_is_down() {
         status.starts_with("poplar; hit; ttl=-") && status.ends_with("detail=stale-if-error"),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_replaces_a_regions_5xx() {
+    let key = Key::new();
+    let region = start_region(&key, &["echo"]);
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 1h }}\nregions:\n  only: {{ address: \"{}\" }}\ntasks:\n  echo:\n    wasm: echo.wasm\nroutes:\n  - match: {{ path_prefix: /echo }}\n    task: echo\n    placement: region\n    cache: {{}}\n",
+        key.path(),
+        region.addr
+    ));
+    let url = format!("{}/echo/slow", edge.base);
+    let first = client()
+        .get(&url)
+        .header("x-echo-set-cache-control", "max-age=1, stale-if-error=60")
+        .header("x-echo-mark", "first")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    edge.running.clock.advance(Duration::from_millis(2100));
+
+    // The region runs it past its deadline (5 s) and answers 504: the stale entry answers.
+    let slow = || client().get(&url).header("x-echo-sleep-ms", "8000").send();
+    let resp = slow().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(&resp, "cache-status").ends_with("detail=stale-if-error"));
+    assert_eq!(header(&resp, "x-echo-mark"), "first");
+    edge.running.clock.advance(Duration::from_secs(61));
+    let failed = slow().await.unwrap();
+    assert_eq!(failed.status(), 504);
 }
 
 #[tokio::test(flavor = "multi_thread")]

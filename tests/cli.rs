@@ -33,6 +33,7 @@ fn every_shipped_config_checks() {
                 .args(["check", "-c"])
                 .arg(&path)
                 .env("POPLAR_FORWARDING_KEY", "an-example-key-for-the-checks")
+                .env("POPLAR_DEPLOY_TOKEN", "an-example-token-for-the-checks")
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -571,4 +572,106 @@ fn a_graceful_upgrade_hands_the_listener_to_a_new_process_without_refusing_a_con
         .args(["-TERM", &new.id().to_string()])
         .status();
     assert!(wait_for_exit(&mut new).success());
+}
+
+/// `poplar demo`'s deploy path, as its guide prints it: deploy a task the edge has no code
+/// for, see it turn hot and run at the edge, deploy another version, roll back.
+#[test]
+fn the_demo_takes_a_deployed_task_to_the_edge_and_follows_its_versions() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let registry = tempfile::tempdir().unwrap();
+    let [edge, https, origin, east, west, admin, region_admin] =
+        std::array::from_fn(|_| common::released_addr());
+    let demo = poplar()
+        .arg("demo")
+        .args(["--listen", &edge.to_string(), "--https", &https.to_string()])
+        .args([
+            "--origin",
+            &origin.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--regions", &east.to_string(), &west.to_string()])
+        .args(["--region-admin", &region_admin.to_string()])
+        .arg("--registry")
+        .arg(registry.path())
+        .arg("--tasks")
+        .arg(tasks_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _demo = Kill(demo);
+    let deploy = |file: &str| {
+        let out = poplar()
+            .args(["deploy", "greet"])
+            .arg(tasks_dir().join(file))
+            .args(["--region", &format!("http://{region_admin}")])
+            .args(["--memory", "32MiB", "--timeout", "100ms"])
+            .env("POPLAR_DEPLOY_TOKEN", poplar::demo::DEMO_DEPLOY_TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["current"]["digest"].as_str().unwrap().to_string()
+    };
+    // Up once its edge answers.
+    let client = common::client();
+    let get = |path: &str| {
+        let (client, url) = (client.clone(), format!("http://{edge}{path}"));
+        rt.block_on(async move {
+            let resp = client.get(url).send().await.ok()?;
+            let placement = common::placement(&resp);
+            Some((resp.status().as_u16(), placement, resp.text().await.ok()?))
+        })
+    };
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        get("/some/page").is_some_and(|(status, _, _)| status == 200)
+    });
+    assert!(up, "the demo did not come up");
+
+    let hello = deploy("hello.wasm");
+    // hello answers a greeting; echo, for a GET, an empty body.
+    let hello_ran = |body: &str| body.starts_with("Hello, world!");
+    let inline_with = |ran: &dyn Fn(&str) -> bool| {
+        (0..300).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            get("/greet/demo").is_some_and(|(status, placement, body)| {
+                status == 200 && placement == "edge; reason=hot" && ran(&body)
+            })
+        })
+    };
+    assert!(inline_with(&hello_ran), "hello never ran at the edge");
+    deploy("echo.wasm");
+    assert!(
+        inline_with(&|body: &str| body.is_empty()),
+        "the new version never ran at the edge"
+    );
+    let out = poplar()
+        .args(["rollback", "greet", &hello])
+        .args(["--region", &format!("http://{region_admin}")])
+        .env("POPLAR_DEPLOY_TOKEN", poplar::demo::DEMO_DEPLOY_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        inline_with(&hello_ran),
+        "the rollback never reached the edge"
+    );
 }

@@ -55,11 +55,7 @@ async fn abuse(edge: &Edge, path: &str) -> (u16, String, String) {
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let kind = resp
-        .headers()
-        .get("x-poplar-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let kind = common::header(&resp, "x-poplar-error");
     let body = resp.text().await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in hellos {

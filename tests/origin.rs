@@ -101,20 +101,24 @@ async fn no_route_is_404_and_dead_origin_is_502() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 
-    let resp = client()
+    // One client for both: a failed proxy attempt ends its connection, and the answer says
+    // so, so that a client reusing connections never sends the next request into it.
+    let reused = client();
+    let resp = reused
         .get(format!("{}/site/x", edge.base))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-poplar-error"], "origin");
+    assert_eq!(resp.headers()["connection"], "close");
     assert_eq!(
         resp.text().await.unwrap(),
         "the origin could not be reached or failed\n"
     );
 
     // The edge keeps serving.
-    let resp = client()
+    let resp = reused
         .get(format!("{}/hello", edge.base))
         .send()
         .await

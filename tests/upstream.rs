@@ -127,7 +127,7 @@ async fn an_answer_is_whole_or_not_an_answer() {
 #[tokio::test]
 async fn a_refused_connection_is_refused_so_another_peer_may_take_it() {
     let client = Client::default();
-    let peer = upstream::region_peer(common::refusing_addr());
+    let peer = upstream::region_peer(common::refusing_addr(), std::time::Duration::from_secs(1));
     let refused = client.exchange(&peer, get("/ok"), Bytes::new(), 1024).await;
     assert!(
         matches!(refused, Err(Failed::Refused(_))),

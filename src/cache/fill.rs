@@ -47,8 +47,15 @@ pub struct CacheCtx {
     pub fwd: Fwd,
     /// Whether the answer may be stored (GET, or any method on a pure route; not HEAD).
     pub storable: bool,
-    /// A stale entry, for `stale-if-error`.
+    /// A stored response this request may not take as it is: validated with the origin or
+    /// region (its `ETag` or `Last-Modified` sent with the request), and served on an error
+    /// when its `stale-if-error` allows.
     pub stale: Option<Arc<Entry>>,
+    /// The stale entry's validators went with the request.
+    pub validating: bool,
+    /// The answer the edge gives from the cache instead of the one that came back: the stale
+    /// entry freshened by a `304`, or served on a `5xx` under `stale-if-error`.
+    pub answer: Option<(Arc<Entry>, Status)>,
     /// Held while this request fills the key, so others wait for it.
     pub leader: Option<Leader>,
     /// The request as it came, for a background refresh to replay: its method (a pure
@@ -85,11 +92,76 @@ impl CacheCtx {
             fwd,
             storable,
             stale: None,
+            validating: false,
+            answer: None,
             leader: None,
             replay: Replay::default(),
             recording: None,
             status: None,
         }
+    }
+
+    /// Whether the answer `head` is replaced by a stored one ([`CacheCtx::answer`]): a `304`
+    /// to the validators the edge sent (the stored response, freshened by it, is stored
+    /// again; RFC 9111, 4.3.4), or a `5xx` while the stale entry's `stale-if-error` holds.
+    pub fn answer_from_store(&mut self, cache: &Cache, head: &http::response::Parts) -> bool {
+        let Some(stale) = &self.stale else {
+            return false;
+        };
+        let now = cache.now();
+        // A 304 to the edge's own validators is about the one response it holds for them,
+        // whatever ETag it names: that response, freshened (its own ETag kept), answers. Passed
+        // on, the 304 would reach a client that asked no question.
+        if head.status == http::StatusCode::NOT_MODIFIED && self.validating {
+            let mut res = http::Response::new(()).into_parts().0;
+            res.status = stale.status;
+            res.headers = policy::freshened(&stale.headers, &head.headers);
+            let (entry, stored) = match cache.judge(&self.filing.request, &res, self.ttl) {
+                Ok(verdict) => {
+                    let entry = Entry::new(&self.filing.request, verdict, &res, &stale.body);
+                    (entry.clone(), cache.keep(&self.filing, entry))
+                }
+                Err(_) => {
+                    // It may no longer be stored (a `no-store` now): served this once.
+                    cache.invalidate(&self.filing.key);
+                    let verdict = policy::Verdict::served_once(res.headers.clone(), now);
+                    (
+                        Entry::new(&self.filing.request, verdict, &res, &stale.body),
+                        false,
+                    )
+                }
+            };
+            let status = Status::Forward {
+                fwd: self.fwd,
+                stored,
+                detail: Some("revalidated"),
+            };
+            self.answer = Some((entry, status));
+            self.leader = None;
+            return true;
+        }
+        if head.status.is_server_error()
+            && let Some(answer) = self.stale_if_error(now)
+        {
+            self.answer = Some(answer);
+            self.leader = None;
+            return true;
+        }
+        false
+    }
+
+    /// The stale entry and its `Cache-Status`, when its `stale-if-error` lets it answer for
+    /// a failure now (never to a client's `no-cache`).
+    pub fn stale_if_error(&self, now: std::time::SystemTime) -> Option<(Arc<Entry>, Status)> {
+        let stale = self.stale.as_ref().filter(|_| self.fwd == Fwd::Stale)?;
+        stale.may_serve_on_error(now).then(|| {
+            let status = Status::Hit {
+                ttl: stale.ttl(now),
+                detail: Some("stale-if-error"),
+                collapsed: false,
+            };
+            (stale.clone(), status)
+        })
     }
 
     /// Judges the response head; returns the `Cache-Status` to send with it.
@@ -104,15 +176,29 @@ impl CacheCtx {
         let mut detail = None;
         if self.fwd == Fwd::Method && (head.status.is_success() || head.status.is_redirection()) {
             cache.invalidate(&self.filing.key);
+            // And the URIs its answer names, of the same host (RFC 9111, 4.4).
+            if let Some(siblings) = &self.filing.siblings {
+                for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+                    let named = head.headers.get(name).and_then(|v| v.to_str().ok());
+                    if let Some(key) = named.and_then(|uri| siblings.key_of(uri)) {
+                        cache.invalidate(&key);
+                    }
+                }
+            }
         }
-        if self.storable {
-            match policy::judge(&self.filing.request, head, self.ttl, cache.now()) {
+        let made_by = head.headers.get(crate::registry::DIGEST_HEADER);
+        let other_version = (self.filing.version.as_ref())
+            .is_some_and(|ours| made_by.is_some_and(|v| v.as_bytes() != ours.as_bytes()));
+        if self.storable && other_version {
+            detail = Some("other-version");
+        } else if self.storable {
+            match cache.judge(&self.filing.request, head, self.ttl) {
                 Ok(verdict) => {
                     if length.is_none_or(|len| cache.fits(len)) {
                         self.recording = Some(Recording {
                             verdict,
                             head: head.clone(),
-                            body: BytesMut::new(),
+                            body: BytesMut::with_capacity(length.unwrap_or(0)),
                         });
                     } else {
                         detail = Some("too-large");
@@ -151,13 +237,7 @@ impl CacheCtx {
             self.recording.is_some()
         );
         if let Some(r) = self.recording.take() {
-            cache.store(
-                &self.filing,
-                r.verdict,
-                &r.head,
-                r.body.freeze(),
-                cache.now(),
-            );
+            cache.store(&self.filing, r.verdict, &r.head, r.body.freeze());
         }
         self.leader = None;
     }

@@ -5,10 +5,12 @@
 //! Storage is TinyUFO (S3-FIFO with TinyLFU admission, as Pingora's memory cache uses),
 //! weighted by size. Each primary key holds the variants `Vary` asks for.
 
+pub mod fields;
 pub mod fill;
 pub mod key;
 pub mod lock;
 pub mod policy;
+pub mod range;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,19 +19,24 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, request};
-use http_cache_semantics::{BeforeRequest, CachePolicy};
 use tinyufo::TinyUfo;
 
 use crate::config::CacheSpec;
 pub use fill::{CacheCtx, Fwd, Replay};
 pub use key::{KeyParts, Status, primary_key};
 pub use lock::{Leader, Locks, Turn};
-pub use policy::{NotStored, Verdict};
+pub use policy::{Freshness, NotStored, Verdict, Wants};
 
 /// Variants kept per primary key (distinct `Vary` values); the oldest goes first.
 const MAX_VARIANTS: usize = 16;
 /// Weights count KiB (TinyUFO weighs items in 16 bits).
 const WEIGHT_UNIT: usize = 1024;
+/// What a stored entry costs beyond its bytes: the entry and its freshness, its bucket and
+/// `Arc`s, its index slot and tags, TinyUFO's per-item state (measured with the policy object
+/// the entry held before: docs/RELIABILITY.md; an upper bound now).
+const ENTRY_OVERHEAD: usize = 2048;
+/// What a header field costs beyond its name and value (its map slot and allocation).
+const FIELD_OVERHEAD: usize = 48;
 
 /// Where a response is to be stored: its key, its tags, and the request it answers.
 #[derive(Debug, Clone)]
@@ -37,6 +44,45 @@ pub struct Filing {
     pub key: String,
     pub tags: Tags,
     pub request: request::Parts,
+    /// A task from regions: the version the key carries. An answer a region says another
+    /// version made (`x-poplar-task-digest`) is not stored under it.
+    pub version: Option<String>,
+    /// An unsafe method's: where the keys of other URIs of its route and host are made, for
+    /// the `Location` and `Content-Location` its answer invalidates too (RFC 9111, 4.4).
+    pub siblings: Option<Box<Siblings>>,
+}
+
+/// What a key holds beside its path: the route, its version, the host.
+#[derive(Debug, Clone)]
+pub struct Siblings {
+    pub route: usize,
+    pub version: String,
+    pub host: String,
+}
+
+impl Siblings {
+    /// The key of a GET of `uri` (a path, or an absolute URI of the same host), if it is one
+    /// of these.
+    pub fn key_of(&self, uri: &str) -> Option<String> {
+        let uri: http::Uri = uri.parse().ok()?;
+        if let Some(authority) = uri.authority()
+            && !authority.as_str().eq_ignore_ascii_case(&self.host)
+        {
+            return None;
+        }
+        let path_and_query = uri.path_and_query()?.as_str();
+        if !path_and_query.starts_with('/') {
+            return None;
+        }
+        Some(primary_key(&KeyParts {
+            route: self.route,
+            version: &self.version,
+            method: "GET",
+            host: &self.host,
+            path_and_query,
+            body: None,
+        }))
+    }
 }
 
 /// What a stored response is filed under, for purges.
@@ -49,7 +95,7 @@ pub struct Tags {
 
 /// One stored response.
 pub struct Entry {
-    policy: CachePolicy,
+    pub freshness: Freshness,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -60,6 +106,27 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry for the response `head` with `body` to `req`, as `verdict` judged it.
+    pub fn new(
+        req: &request::Parts,
+        verdict: Verdict,
+        head: &http::response::Parts,
+        body: &[u8],
+    ) -> Arc<Entry> {
+        // Copied: kept as they came, the headers would hold the buffer their head was read
+        // into (the verdict's are copies), and the body any larger buffer it is a view of.
+        Arc::new(Entry {
+            fresh_until: verdict.freshness.fresh_until(),
+            freshness: verdict.freshness,
+            status: head.status,
+            headers: verdict.headers,
+            body: Bytes::copy_from_slice(body),
+            stale_while_revalidate: verdict.stale_while_revalidate,
+            stale_if_error: verdict.stale_if_error,
+            vary: vary_values(req, head),
+        })
+    }
+
     /// Seconds of freshness left (negative once stale), for `Cache-Status: ttl=`.
     pub fn ttl(&self, now: SystemTime) -> i64 {
         match self.fresh_until.duration_since(now) {
@@ -70,38 +137,58 @@ impl Entry {
 
     /// The `Age` to send with it.
     pub fn age(&self, now: SystemTime) -> u64 {
-        self.policy.age(now).as_secs()
+        self.freshness.age(now).as_secs()
+    }
+
+    /// Whether it can be validated: it has an `ETag` or a `Last-Modified`.
+    pub fn validators(&self) -> impl Iterator<Item = (&'static str, &http::HeaderValue)> {
+        [
+            ("if-none-match", "etag"),
+            ("if-modified-since", "last-modified"),
+        ]
+        .into_iter()
+        .filter_map(|(ask, name)| self.headers.get(name).map(|v| (ask, v)))
+        // With an ETag, If-Modified-Since adds nothing (RFC 9110, 13.1.3).
+        .take(1)
     }
 
     fn staleness(&self, now: SystemTime) -> Duration {
         now.duration_since(self.fresh_until).unwrap_or_default()
     }
 
-    /// Stale, but within `stale-while-revalidate`.
+    /// Stale, but within a `stale-while-revalidate` it has (one it has not: validated
+    /// before it is used, even while its freshness is not over, as after `no-cache`).
     pub fn may_revalidate_in_background(&self, now: SystemTime) -> bool {
-        self.staleness(now) <= self.stale_while_revalidate
+        !self.stale_while_revalidate.is_zero() && self.staleness(now) <= self.stale_while_revalidate
     }
 
-    /// Stale, but within `stale-if-error`.
+    /// Stale, but within a `stale-if-error` it has.
     pub fn may_serve_on_error(&self, now: SystemTime) -> bool {
-        self.staleness(now) <= self.stale_if_error
+        !self.stale_if_error.is_zero() && self.staleness(now) <= self.stale_if_error
     }
 
     fn vary_matches(&self, req: &request::Parts) -> bool {
-        self.vary.iter().all(|(name, value)| {
-            let got = req.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
-            got == value.as_deref()
-        })
+        self.vary
+            .iter()
+            .all(|(name, value)| vary_value_matches(req, name, value.as_deref()))
     }
 
+    /// The bytes it holds: its body, its headers, the request values its `Vary` names,
+    /// and what each entry costs beyond them.
     fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        let vary: usize = (self.vary.iter())
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, String::len))
             .sum();
-        self.body.len() + headers + 256
+        self.body.len() + field_bytes(&self.headers) + vary + ENTRY_OVERHEAD
     }
+}
+
+/// What the header fields in `headers` hold.
+fn field_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + FIELD_OVERHEAD)
+        .sum()
 }
 
 struct Bucket {
@@ -119,6 +206,11 @@ pub struct Clock {
 impl Clock {
     pub fn now(&self) -> SystemTime {
         SystemTime::now() + std::time::Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed))
+    }
+
+    /// How far this clock runs ahead of the system's.
+    pub fn lead(&self) -> Duration {
+        Duration::from_millis(self.ahead_ms.load(Ordering::Relaxed))
     }
 
     /// Moves this clock `by` ahead of the system's.
@@ -204,6 +296,17 @@ impl Cache {
         self.clock.now()
     }
 
+    /// Judges a response to `req` received now, by this cache's clock (see
+    /// [`policy::judge_on_clock`]).
+    pub fn judge(
+        &self,
+        req: &request::Parts,
+        res: &http::response::Parts,
+        default_ttl: Option<Duration>,
+    ) -> Result<Verdict, NotStored> {
+        policy::judge_on_clock(req, res, default_ttl, self.now(), self.clock.lead())
+    }
+
     pub fn spec(&self) -> &CacheSpec {
         &self.spec
     }
@@ -212,24 +315,36 @@ impl Cache {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Looks `key` up for `req` (whose headers `Vary` may name).
+    /// Looks `key` up for `req` (whose headers `Vary` may name, and whose own directives,
+    /// `max-age`, `min-fresh`, `max-stale`, `no-cache`, say what it accepts).
     pub fn lookup(&self, key: &str, req: &request::Parts, now: SystemTime) -> Lookup {
+        self.lookup_for(key, req, &Wants::of(req), now)
+    }
+
+    /// [`Cache::lookup`] with `req`'s directives already read.
+    pub fn lookup_for(
+        &self,
+        key: &str,
+        req: &request::Parts,
+        wants: &Wants,
+        now: SystemTime,
+    ) -> Lookup {
         let Some(bucket) = self.store.get(&hash(key)).filter(|b| b.key == key) else {
             return Lookup::Miss;
         };
-        let plain = !req.headers.contains_key(http::header::CACHE_CONTROL)
-            && !req.headers.contains_key(http::header::PRAGMA);
+        let plain = *wants == Wants::default();
         let mut stale = None;
         for entry in bucket.variants.iter().rev().filter(|e| e.vary_matches(req)) {
-            // The common case, decided without the policy: no request directives, fresh.
-            if plain && now < entry.fresh_until {
+            let fresh = if plain {
+                // The common case, decided without the age: no request directives.
+                now < entry.fresh_until && !entry.freshness.no_cache
+            } else {
+                wants.accepts(&entry.freshness, now)
+            };
+            if fresh {
                 return Lookup::Fresh(entry.clone());
             }
-            match entry.policy.before_request(as_get(req).as_ref(), now) {
-                BeforeRequest::Fresh(_) => return Lookup::Fresh(entry.clone()),
-                BeforeRequest::Stale { matches: true, .. } => stale = stale.or(Some(entry.clone())),
-                BeforeRequest::Stale { matches: false, .. } => {}
-            }
+            stale = stale.or(Some(entry.clone()));
         }
         match stale {
             Some(entry) => Lookup::Stale(entry),
@@ -285,28 +400,18 @@ impl Cache {
         verdict: Verdict,
         head: &http::response::Parts,
         body: Bytes,
-        now: SystemTime,
     ) -> bool {
-        let Filing {
-            key,
-            tags,
-            request: req,
-        } = filing;
-        if !self.fits(body.len()) {
-            return false;
-        }
-        let entry = Arc::new(Entry {
-            policy: verdict.policy,
-            status: head.status,
-            headers: head.headers.clone(),
-            body,
-            fresh_until: now + verdict.ttl,
-            stale_while_revalidate: verdict.stale_while_revalidate,
-            stale_if_error: verdict.stale_if_error,
-            vary: vary_values(req, head),
-        });
+        self.fits(body.len())
+            && self.keep(filing, Entry::new(&filing.request, verdict, head, &body))
+    }
+
+    /// Stores `entry` under `filing`'s key (see [`Cache::store`]).
+    pub fn keep(&self, filing: &Filing, entry: Arc<Entry>) -> bool {
+        let Filing { key, tags, .. } = filing;
         let variants = self.variants_with(key, entry);
-        let bytes: usize = variants.iter().map(|v| v.weight()).sum();
+        // The key is held twice: in its bucket and in the index.
+        let bytes: usize =
+            variants.iter().map(|v| v.weight()).sum::<usize>() + 2 * key.len() + tags.path.len();
         let weight = u16::try_from(bytes.div_ceil(WEIGHT_UNIT).max(1)).unwrap_or(u16::MAX);
         let bucket = Arc::new(Bucket {
             key: key.clone(),
@@ -398,17 +503,6 @@ fn hash(key: &str) -> u64 {
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
 }
 
-/// A HEAD is answered from a GET's entry: the policy is asked as for that GET.
-fn as_get(req: &request::Parts) -> std::borrow::Cow<'_, request::Parts> {
-    if req.method == http::Method::HEAD {
-        let mut get = req.clone();
-        get.method = http::Method::GET;
-        std::borrow::Cow::Owned(get)
-    } else {
-        std::borrow::Cow::Borrowed(req)
-    }
-}
-
 /// The request header values a response's `Vary` names: what tells its variants apart.
 fn vary_values(req: &request::Parts, res: &http::response::Parts) -> Vec<(String, Option<String>)> {
     res.headers
@@ -419,14 +513,61 @@ fn vary_values(req: &request::Parts, res: &http::response::Parts) -> Vec<(String
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
         .map(|name| {
-            let value = req
-                .headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let value = header_value(req, &name);
             (name, value)
         })
         .collect()
+}
+
+/// A request header's value as `Vary` compares it: its lines joined, each list element
+/// trimmed (`Foo: 1` and `Foo: 2` match `Foo: 1, 2` and ` 1,2 `), and lower-cased for the
+/// `Accept-*` fields, whose tokens ignore case.
+fn header_value(req: &request::Parts, name: &str) -> Option<String> {
+    let joined = joined_value(req, name)?;
+    Some(if name.starts_with("accept") {
+        joined.to_ascii_lowercase()
+    } else {
+        joined
+    })
+}
+
+/// Whether `req`'s `name` reads as `stored` does under [`header_value`]; without making a
+/// string in the common case, one line already in normal form.
+fn vary_value_matches(req: &request::Parts, name: &str, stored: Option<&str>) -> bool {
+    let mut lines = req.headers.get_all(name).iter();
+    let (first, more) = (lines.next(), lines.next().is_some());
+    match (first, stored) {
+        (None, None) => true,
+        (None, Some(_)) | (Some(_), None) => false,
+        (Some(line), Some(stored)) => {
+            let bytes = line.as_bytes();
+            let plain = !more
+                && !bytes.contains(&b',')
+                && bytes.first().is_none_or(|b| !b.is_ascii_whitespace())
+                && bytes.last().is_none_or(|b| !b.is_ascii_whitespace())
+                && !(name.starts_with("accept") && bytes.iter().any(u8::is_ascii_uppercase));
+            if plain {
+                bytes == stored.as_bytes()
+            } else {
+                header_value(req, name).as_deref() == Some(stored)
+            }
+        }
+    }
+}
+
+fn joined_value(req: &request::Parts, name: &str) -> Option<String> {
+    let mut lines = req.headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let mut joined = String::new();
+    for line in lines {
+        for element in String::from_utf8_lossy(line.as_bytes()).split(',') {
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            joined.push_str(element.trim());
+        }
+    }
+    Some(joined)
 }
 
 #[cfg(test)]
@@ -455,6 +596,8 @@ mod tests {
     fn filing(path: &str, req: request::Parts) -> Filing {
         Filing {
             key: format!("k{path}"),
+            version: None,
+            siblings: None,
             tags: Tags {
                 route: 0,
                 task: None,
@@ -473,7 +616,7 @@ mod tests {
     ) -> bool {
         let now = SystemTime::now();
         let verdict = policy::judge(&f.request, res, ttl.map(Duration::from_secs), now).unwrap();
-        cache.store(f, verdict, res, Bytes::from_static(body), now)
+        cache.store(f, verdict, res, Bytes::from_static(body))
     }
 
     #[test]
@@ -515,6 +658,53 @@ mod tests {
             (body(&en).as_ref(), body(&fr).as_ref()),
             (&b"en2"[..], &b"fr"[..])
         );
+    }
+
+    #[test]
+    fn vary_compares_values_as_one_normalised_list() {
+        let cache = Cache::new(CacheSpec::default());
+        let stored = filing(
+            "/n",
+            request("/n", &[("foo", "1, 2"), ("accept-language", "en, DE")]),
+        );
+        let res = response(&[
+            ("vary", "foo, accept-language"),
+            ("cache-control", "max-age=60"),
+        ]);
+        put(&cache, &stored, &res, None, b"x");
+        let mut two_lines = request("/n", &[("foo", "1"), ("accept-language", "EN,de")]);
+        two_lines.headers.append("foo", "2 ".parse().unwrap());
+        let hit = cache.lookup(&stored.key, &two_lines, SystemTime::now());
+        assert!(
+            matches!(hit, Lookup::Fresh(_)),
+            "lines joined, spaces and case of Accept-* ignored"
+        );
+        let other = request("/n", &[("foo", "1,3"), ("accept-language", "en, de")]);
+        let miss = cache.lookup(&stored.key, &other, SystemTime::now());
+        assert!(matches!(miss, Lookup::VaryMiss));
+    }
+
+    #[test]
+    fn siblings_name_keys_of_their_own_host_only() {
+        let siblings = Siblings {
+            route: 1,
+            version: String::new(),
+            host: "example.test".into(),
+        };
+        let get = |path: &str| {
+            primary_key(&KeyParts {
+                route: 1,
+                version: "",
+                method: "GET",
+                host: "example.test",
+                path_and_query: path,
+                body: None,
+            })
+        };
+        assert_eq!(siblings.key_of("/a?b=1"), Some(get("/a?b=1")));
+        assert_eq!(siblings.key_of("http://EXAMPLE.test/a"), Some(get("/a")));
+        assert_eq!(siblings.key_of("https://other.test/a"), None);
+        assert_eq!(siblings.key_of("relative/path"), None);
     }
 
     #[test]

@@ -65,15 +65,39 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         .placement
         .map_or_else(PlacementSpec::default, |p| placement(p, r));
     let regions = regions(file.regions, r);
-    let tasks = tasks(file.tasks, base, r);
-    if !edge && declared.tasks.is_empty() {
-        r.error("tasks", "missing: a region needs at least one task");
+    let tasks = tasks(file.tasks, base, r, edge && !declared.regions.is_empty());
+    let has_registry = file.registry.is_some();
+    let mut registry = file.registry.and_then(|g| registry(g, base, r));
+    if edge && registry.take().is_some() {
+        r.error("registry", "applies to regions only");
+    }
+    if !edge && has_registry && file.admin.is_none() {
+        let message = "needs admin: the deploy API is on the admin listener";
+        r.error("registry", message);
+    }
+    if !edge && declared.tasks.is_empty() && !has_registry {
+        r.error(
+            "tasks",
+            "missing: a region needs at least one task (or a registry to deploy them to)",
+        );
     }
     let routes = if edge {
-        routes(file.routes, declared, r)
+        // Without regions, a task without wasm is wrong already (tasks.NAME.wasm).
+        let remote: Vec<&str> = (tasks.values())
+            .filter(|t| t.wasm.is_none() && !declared.regions.is_empty())
+            .map(|t| t.name.as_str())
+            .collect();
+        routes(file.routes, declared, &remote, r)
     } else {
         Vec::new()
     };
+    let largest = tasks.values().map(|t| t.limits.memory).max();
+    if let (Some(budget), Some(largest)) = (placement.guest_memory, largest)
+        && budget < largest
+    {
+        let message = format!("must be at least the largest task memory ({largest} bytes)");
+        r.error("placement.guest_memory", message);
+    }
     let mut origins = super::origins::compile(file.origins, base, r);
     super::origins::add_route_servers(&routes, &mut origins);
     if !declared.regions.is_empty() && placement.inline_limits.max_body > REPLAYABLE_BODY {
@@ -97,6 +121,7 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
             .map_or_else(|| super::DEFAULT_UPGRADE_SOCKET.into(), |s| base.join(s)),
         admin: file.admin.map(|a| admin(a, base)),
         access_log: file.access_log.and_then(|a| access_log(a, base, r)),
+        clients: super::clients::compile(file.clients, r),
         key_source,
         forwarding_key: None,
         placement,
@@ -108,8 +133,47 @@ pub fn compile(file: File, declared: &Declared, base: &Path, r: &mut Reported) -
         trusted_proxies: trusted_proxies(file.trusted_proxies.unwrap_or_default(), r),
         request_id_header: file.request_id_header.and_then(|n| header_name(&n, r)),
         tasks,
+        code_cache: file.code_cache.and_then(|c| code_cache(c, base, r)),
+        registry,
         origins,
         routes,
+    })
+}
+
+fn registry(g: schema::Registry, base: &Path, r: &mut Reported) -> Option<super::RegistrySpec> {
+    let Some(dir) = g.dir.filter(|d| !d.trim().is_empty()) else {
+        r.error("registry.dir", "missing: a folder for deployed code");
+        return None;
+    };
+    let max_memory = g.max_memory.map_or(256 << 20, |s| s.0);
+    if !(1 << 20..=16 << 30).contains(&max_memory) {
+        r.error("registry.max_memory", "must be from 1MiB to 16GiB");
+    }
+    let max_code = g.max_code.map_or(64 << 20, |s| s.0);
+    if !(1 << 10..=1 << 30).contains(&max_code) {
+        r.error("registry.max_code", "must be from 1KiB to 1GiB");
+    }
+    Some(super::RegistrySpec {
+        dir: base.join(dir),
+        token_file: g.token_file.map(|f| base.join(f)),
+        token: None,
+        max_memory,
+        max_code,
+    })
+}
+
+fn code_cache(c: schema::CodeCache, base: &Path, r: &mut Reported) -> Option<super::CodeCacheSpec> {
+    let Some(dir) = c.dir.filter(|d| !d.trim().is_empty()) else {
+        r.error("code_cache.dir", "missing: a folder for compiled code");
+        return None;
+    };
+    let max_bytes = c.max_size.map_or(1 << 30, |s| s.0);
+    if max_bytes < 1 << 20 {
+        r.error("code_cache.max_size", "must be at least 1MiB");
+    }
+    Some(super::CodeCacheSpec {
+        dir: base.join(dir),
+        max_bytes,
     })
 }
 
@@ -255,6 +319,7 @@ fn placement(p: schema::Placement, r: &mut Reported) -> PlacementSpec {
         }
         spec.max_resident = n;
     }
+    spec.guest_memory = p.guest_memory.map(|s| s.0);
     spec.cooldown = p.cooldown.map_or(spec.cooldown, |d| d.0);
     spec.oversized_cooldown = p
         .oversized_cooldown
@@ -274,14 +339,8 @@ fn limits(l: schema::Limits, path: &str, default: Limits, r: &mut Reported) -> L
         timeout: l.timeout.map_or(default.timeout, |d| d.0),
         max_body: l.max_body.map_or(default.max_body, |s| s.0),
     };
-    if !(1 << 20..=4 << 30).contains(&limits.memory) {
-        r.error(join(path, "memory"), "must be between 1MiB and 4GiB");
-    }
-    if limits.timeout.is_zero() || limits.timeout > Duration::from_secs(600) {
-        r.error(join(path, "timeout"), "must be more than 0 and at most 10m");
-    }
-    if limits.max_body > 1 << 30 {
-        r.error(join(path, "max_body"), "must be at most 1GiB");
+    for (field, message) in limits.problems() {
+        r.error(join(path, field), message);
     }
     limits
 }
@@ -335,10 +394,13 @@ fn cache(c: schema::Cache, r: &mut Reported) -> CacheSpec {
     spec
 }
 
+/// `from_regions`: whether a task without `wasm` may take its code from regions (an edge
+/// with regions).
 fn tasks(
     tasks: BTreeMap<String, schema::Task>,
     base: &Path,
     r: &mut Reported,
+    from_regions: bool,
 ) -> BTreeMap<String, TaskSpec> {
     let mut specs = BTreeMap::new();
     for (name, task) in tasks {
@@ -349,9 +411,13 @@ fn tasks(
         let limits = task.limits.map_or_else(Limits::default, |l| {
             limits(l, &join(&path, "limits"), Limits::default(), r)
         });
+        if task.wasm.is_none() && !from_regions {
+            let message = "missing: a wasm file (only an edge with regions takes code from them)";
+            r.error(join(&path, "wasm"), message);
+        }
         let spec = TaskSpec {
             name: name.clone(),
-            wasm: base.join(task.wasm),
+            wasm: task.wasm.map(|w| base.join(w)),
             limits,
         };
         specs.insert(name, spec);
@@ -359,9 +425,11 @@ fn tasks(
     specs
 }
 
+/// `remote`: the tasks whose code comes from regions, which cannot be pinned to the edge.
 fn routes(
     routes: Option<Vec<Option<schema::Route>>>,
     declared: &Declared,
+    remote: &[&str],
     r: &mut Reported,
 ) -> Vec<RouteSpec> {
     let Some(items) = routes else {
@@ -381,6 +449,15 @@ fn routes(
         let Some(route) = route(item, &path, declared, r) else {
             continue;
         };
+        if let Target::Task(name) = &route.target
+            && route.placement == Mode::Edge
+            && remote.contains(&name.as_str())
+        {
+            let message = format!(
+                "edge needs the task's wasm file here: {name}'s code comes from regions when it turns hot"
+            );
+            r.error(join(&path, "placement"), message);
+        }
         if let Some(&(j, _)) = specs.iter().find(|(_, s)| s.matcher == route.matcher) {
             let message = format!("same match as routes[{j}], so it could never be chosen");
             r.error(format!("{path}.match"), message);
@@ -521,7 +598,7 @@ fn matcher(m: schema::Match, path: &str, r: &mut Reported) -> Option<Match> {
     })
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()

@@ -9,6 +9,7 @@
 //! problem is reported at once, with its path (`routes[2].task: unknown task "helo"`) and,
 //! where the YAML or a type is wrong, its line and column.
 
+mod clients;
 mod compile;
 mod listen;
 mod origins;
@@ -24,6 +25,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use clients::ClientLimits;
+pub(crate) use compile::valid_name;
 pub use listen::{ListenerSpec, TlsSpec};
 pub use origins::{Balance, EjectSpec, OriginHealthSpec, OriginSpec, ServerSpec, Timeouts};
 
@@ -47,6 +50,8 @@ pub struct Config {
     pub upgrade_socket: PathBuf,
     /// Where request lines go, if anywhere.
     pub access_log: Option<AccessLogSpec>,
+    /// What one client connection may take (`clients:`).
+    pub clients: ClientLimits,
     /// The admin endpoint (`/stats`, `/metrics`, `/purge`), if any.
     pub admin: Option<AdminSpec>,
     /// Where the forwarding key comes from: set for an edge with regions and a region.
@@ -64,6 +69,10 @@ pub struct Config {
     /// Where request ids come from when a proxy in front sets them.
     pub request_id_header: Option<http::HeaderName>,
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// Where compiled code is kept on disk (`code_cache:`), if anywhere.
+    pub code_cache: Option<CodeCacheSpec>,
+    /// Region only: the task registry (`registry:`), if any.
+    pub registry: Option<RegistrySpec>,
     /// Edge only: the origin pools routes name, those written in a route included (named
     /// by their text).
     pub origins: BTreeMap<String, OriginSpec>,
@@ -164,6 +173,9 @@ pub struct PlacementSpec {
     pub cooldown: Duration,
     /// Concurrent inline executions at most; also sizes Wasmtime's instance pool.
     pub max_inline: usize,
+    /// Linear memory of all executions together, at most; `None`: max_inline times the
+    /// largest task memory.
+    pub guest_memory: Option<u64>,
     /// Tasks compiled and kept ready at the edge, at most.
     pub max_resident: usize,
     /// Compiled code kept resident, in bytes, at most.
@@ -181,6 +193,7 @@ impl Default for PlacementSpec {
             cool_threshold: 2.5,
             cooldown: Duration::from_secs(10),
             max_inline: 64,
+            guest_memory: None,
             max_resident: 64,
             max_resident_memory: 512 << 20,
             inline_limits: Limits {
@@ -198,6 +211,39 @@ pub struct RegionSpec {
     pub name: String,
     pub address: SocketAddr,
 }
+
+/// `code_cache:` the folder compiled code is kept in, and its bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeCacheSpec {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// `registry:` where deployed code is kept, and what a deploy may bring.
+#[derive(Debug, Clone)]
+pub struct RegistrySpec {
+    pub dir: PathBuf,
+    /// Resolved against the config's folder; else [`DEPLOY_TOKEN_ENV`].
+    pub token_file: Option<PathBuf>,
+    /// The bearer token deploys need, once [`prepare`]d.
+    pub token: Option<Secret>,
+    pub max_memory: u64,
+    pub max_code: u64,
+}
+
+impl PartialEq for RegistrySpec {
+    fn eq(&self, other: &Self) -> bool {
+        let token = |s: &RegistrySpec| s.token.as_ref().map(|t| t.0.clone());
+        self.dir == other.dir
+            && self.token_file == other.token_file
+            && token(self) == token(other)
+            && self.max_memory == other.max_memory
+            && self.max_code == other.max_code
+    }
+}
+
+/// The environment variable holding the deploy token when no `registry.token_file` is given.
+pub const DEPLOY_TOKEN_ENV: &str = "POPLAR_DEPLOY_TOKEN";
 
 /// The edge's result cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,8 +305,9 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
     pub name: String,
-    /// Resolved against the config file's folder.
-    pub wasm: PathBuf,
+    /// The component, resolved against the config file's folder. `None` at an edge: the
+    /// code comes from its regions' registries when the task turns hot.
+    pub wasm: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -273,6 +320,23 @@ pub struct Limits {
     pub timeout: Duration,
     /// Largest request body handed to the task; larger ones get 413.
     pub max_body: u64,
+}
+
+impl Limits {
+    /// What is out of bounds, by field: a config file's task and a deploy are held to the same.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut problems = Vec::new();
+        if !(1 << 20..=4 << 30).contains(&self.memory) {
+            problems.push(("memory", "must be between 1MiB and 4GiB"));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(600) {
+            problems.push(("timeout", "must be more than 0 and at most 10m"));
+        }
+        if self.max_body > 1 << 30 {
+            problems.push(("max_body", "must be at most 1GiB"));
+        }
+        problems
+    }
 }
 
 impl Default for Limits {
@@ -414,16 +478,13 @@ pub fn prepare(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    for task in config.tasks.values() {
+    for (task, wasm) in (config.tasks.values()).filter_map(|t| Some((t, t.wasm.as_ref()?))) {
         let path = format!("tasks.{}.wasm", task.name);
-        match std::fs::metadata(&task.wasm) {
+        match std::fs::metadata(wasm) {
             Ok(meta) if meta.is_file() => {}
-            Ok(_) => errors.push(ConfigError::new(
-                path,
-                format!("{:?} is not a file", task.wasm),
-            )),
+            Ok(_) => errors.push(ConfigError::new(path, format!("{wasm:?} is not a file"))),
             Err(e) => {
-                let shown = task.wasm.display();
+                let shown = wasm.display();
                 errors.push(ConfigError::new(
                     path,
                     format!("cannot read \"{shown}\": {e}"),
@@ -462,6 +523,9 @@ pub fn prepare(
     if let Some(admin) = &mut config.admin {
         admin.token = admin_token(admin, &env, &mut errors);
     }
+    if let Some(registry) = &mut config.registry {
+        registry.token = deploy_token(registry, &env, &mut errors);
+    }
     listen::load_certificates(&mut config.listeners, &mut errors);
     origins::load_cas(&mut config.origins, &mut errors);
     if errors.is_empty() {
@@ -469,6 +533,40 @@ pub fn prepare(
     } else {
         Err(errors)
     }
+}
+
+/// The deploy token, from its file or the environment: a registry needs one.
+fn deploy_token(
+    registry: &RegistrySpec,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Secret> {
+    let (path, token) = match &registry.token_file {
+        Some(file) => match std::fs::read(file) {
+            Ok(bytes) => ("registry.token_file", bytes.trim_ascii().to_vec()),
+            Err(e) => {
+                let message = format!("cannot read {:?}: {e}", file.display().to_string());
+                errors.push(ConfigError::new("registry.token_file", message));
+                return None;
+            }
+        },
+        None => match env(DEPLOY_TOKEN_ENV) {
+            Some(token) => ("registry", token.trim().as_bytes().to_vec()),
+            None => {
+                let message = format!(
+                    "no deploy token: set {DEPLOY_TOKEN_ENV} or registry.token_file (deploys need one)"
+                );
+                errors.push(ConfigError::new("registry", message));
+                return None;
+            }
+        },
+    };
+    if token.len() < MIN_KEY_BYTES {
+        let message = format!("the deploy token must be at least {MIN_KEY_BYTES} bytes");
+        errors.push(ConfigError::new(path, message));
+        return None;
+    }
+    Some(Secret(token))
 }
 
 /// The admin endpoint's token, from its file or the environment; an error where the

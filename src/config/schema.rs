@@ -42,6 +42,9 @@ pub struct File {
     pub admin: Option<Admin>,
     /// One line per request, written off the request's path.
     pub access_log: Option<AccessLog>,
+    /// What one client connection may take: request head size and time, body stalls,
+    /// idle keep-alive, requests per connection, connections per listener.
+    pub clients: Option<super::clients::Clients>,
     pub forwarding: Option<Forwarding>,
     pub placement: Option<Placement>,
     /// Edge only: the regions forwarded tasks run in, by name.
@@ -60,6 +63,11 @@ pub struct File {
     /// Edge only: a header (such as `x-request-id`) whose value, set by a proxy in front,
     /// becomes the request's id in logs and is sent on to regions; else the edge makes one.
     pub request_id_header: Option<String>,
+    /// Compiled task code kept on disk, so a restart compiles nothing it compiled before
+    /// (and, at an edge, the code it took from regions).
+    pub code_cache: Option<CodeCache>,
+    /// Region only: task code deployed with `poplar deploy`, kept by digest with its versions.
+    pub registry: Option<Registry>,
     /// The tasks this server can run, by name.
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,
@@ -271,6 +279,10 @@ pub struct Placement {
     pub cooldown: Option<Dur>,
     /// Concurrent inline executions (default 64).
     pub max_inline: Option<usize>,
+    /// Linear memory all executions together may hold, in bytes (default: max_inline times
+    /// the largest task memory). A guest that would grow past it is stopped as if at its own
+    /// cap (`500 memory`).
+    pub guest_memory: Option<Size>,
     /// Tasks kept compiled at the edge (default 64).
     pub max_resident: Option<usize>,
     /// Compiled code kept at the edge, in bytes (default 512MiB).
@@ -300,7 +312,8 @@ pub struct Health {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cache {
-    /// Bytes of responses kept (default 256MiB).
+    /// Memory the cache holds (default 256MiB): bodies, headers, keys and each entry's
+    /// bookkeeping all counted, so the process's RSS grows by about this much when full.
     pub memory: Option<Size>,
     /// The largest response stored (default 8MiB).
     pub max_entry: Option<Size>,
@@ -310,9 +323,37 @@ pub struct Cache {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct CodeCache {
+    /// A folder of this server's own, relative to the config's folder (created if absent).
+    #[schemars(required)]
+    pub dir: Option<String>,
+    /// Bytes kept there, at most (default 1GiB); the least recently used files go first.
+    pub max_size: Option<Size>,
+}
+
+/// A region's task registry: the deploy API on its admin listener (`/tasks`), the code and
+/// its versions kept in `dir`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// A folder of this region's own, relative to the config's folder (created if absent).
+    #[schemars(required)]
+    pub dir: Option<String>,
+    /// A file holding the bearer token deploys need, relative to the config's folder (else
+    /// `POPLAR_DEPLOY_TOKEN`); at least 16 bytes.
+    pub token_file: Option<String>,
+    /// The largest memory a deployed task may declare (default 256MiB).
+    pub max_memory: Option<Size>,
+    /// The largest component a deploy may upload (default 64MiB).
+    pub max_code: Option<Size>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
-    /// A wasi:http component, relative to the config's folder.
-    pub wasm: String,
+    /// A wasi:http component, relative to the config's folder. An edge's task may have
+    /// none: its code is taken from its regions' registries when it turns hot.
+    pub wasm: Option<String>,
     pub limits: Option<Limits>,
 }
 

@@ -73,7 +73,7 @@ routes:
     let expected = [
         "role: unknown variant `edje`, expected `edge` or `region` (line 2, column 7)",
         "listen: invalid socket address syntax (line 3, column 9)",
-        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `upgrade_socket`, `admin`, `access_log`, `forwarding`, `placement`, `regions`, `health`, `origins`, `cache`, `trusted_proxies`, `request_id_header`, `tasks`, `routes` (line 4, column 9)",
+        "colour: unknown field `colour`, expected one of `role`, `listen`, `threads`, `guest_log`, `grace_period`, `upgrade_socket`, `admin`, `access_log`, `clients`, `forwarding`, `placement`, `regions`, `health`, `origins`, `cache`, `trusted_proxies`, `request_id_header`, `code_cache`, `registry`, `tasks`, `routes` (line 4, column 9)",
         "tasks.hello.limits.memory: invalid size \"64XB\"; use a size such as 64MiB or 512KiB (line 8, column 23)",
         "tasks.hello.limits.timeout: invalid duration \"soon\"; use a duration such as 50ms or 2s (line 8, column 38)",
         "routes[0].match.path_prefix: must start with \"/\" (line 10, column 27)",
@@ -100,7 +100,7 @@ regions:
 cache: { memory: 1KiB }
 tasks:
   hello: { wasm: nowhere.wasm }
-  bye: { limits: { timeout: 0s } }
+  bye: { wasm: [bye.wasm] }
 routes:
   - match: { path_prefix: /a }
     task: hello
@@ -118,7 +118,7 @@ routes:
         "regions.west.address: missing (line 6, column 9)",
         "regions.west.adress: unknown field `adress`, expected `address` (line 6, column 19)",
         "cache.memory: must be at least 1MiB (line 7, column 18)",
-        "tasks.bye.wasm: missing (line 10, column 8)",
+        "tasks.bye.wasm: invalid type: sequence, expected a string",
         "routes[1].region: unknown region \"north\" (line 17, column 13)",
         "routes[2].match.host: must be a host name such as example.com or *.example.com, without port (line 18, column 20)",
         "tasks.hello.wasm: cannot read",
@@ -130,8 +130,7 @@ routes:
             "{i}: {want:?} not in {got:#?}"
         );
     }
-    // `bye`'s bad timeout is not reported on its own, since the whole task (missing its
-    // wasm) was set aside; routes naming east or bye get no spurious "unknown" error.
+    // Routes naming east or bye (whose wasm is wrong) get no spurious "unknown" error.
     assert_eq!(got.len(), expected.len(), "{got:#?}");
 }
 
@@ -166,7 +165,10 @@ fn compiling_reads_no_file_and_no_environment() {
         config.key_source,
         Some(KeySource::File("/base/no/such/key".into()))
     );
-    assert_eq!(config.tasks["t"].wasm, Path::new("/base/no/such.wasm"));
+    assert_eq!(
+        config.tasks["t"].wasm.as_deref(),
+        Some(Path::new("/base/no/such.wasm"))
+    );
     assert!(config.forwarding_key.is_none());
 
     let yaml = "role: region\nlisten: 127.0.0.1:1\ntasks:\n  t: { wasm: Cargo.toml }\n";
@@ -385,4 +387,129 @@ routes:
     has("origins.web.ca: cannot read");
     has("origins.empty.servers: empty");
     has("routes[0].origin: \"nowhere\" needs a port (host:port); or name a pool in origins");
+}
+
+#[test]
+fn client_limits_have_defaults_and_bounds() {
+    let yaml = "role: edge\nlisten: 127.0.0.1:1\nroutes:\n  - match: { path: / }\n    origin: 127.0.0.1:2\n";
+    let config = parse(yaml, Path::new(".")).expect("valid");
+    assert_eq!(config.clients, ClientLimits::default());
+    assert_eq!(config.clients.max_header_bytes, 32 << 10);
+    let yaml = format!(
+        "{yaml}clients: {{ max_header_bytes: 2MiB, max_headers: 300, header_timeout: 10ms, idle_timeout: 0s, max_requests: 0, max_connections: 0 }}\n"
+    );
+    let got = errors(&yaml);
+    assert_eq!(
+        got,
+        [
+            "clients.max_header_bytes: must be from 1KiB to 1MiB (line 6, column 30)",
+            "clients.max_headers: must be from 1 to 256 (line 6, column 49)",
+            "clients.header_timeout: must be at least 100ms (line 6, column 70)",
+            "clients.idle_timeout: must be at least 1s (line 6, column 90)",
+            "clients.max_requests: must be at least 1 (line 6, column 108)",
+            "clients.max_connections: must be at least 1 (line 6, column 128)",
+        ]
+    );
+}
+
+#[test]
+fn the_guest_memory_budget_holds_at_least_the_largest_task() {
+    let yaml = "role: edge\nlisten: 127.0.0.1:1\nplacement: { guest_memory: 16MiB }\ntasks:\n  t:\n    wasm: Cargo.toml\n    limits: { memory: 32MiB }\nroutes:\n  - match: { path: /t }\n    task: t\n";
+    assert_eq!(
+        errors(yaml),
+        [
+            "placement.guest_memory: must be at least the largest task memory (33554432 bytes) (line 3, column 28)"
+        ]
+    );
+}
+
+#[test]
+fn a_registry_is_a_regions_and_needs_an_admin_listener_and_a_token() {
+    // Compiled only: these need no key or token to be wrong.
+    let errors = |yaml: &str| match compile(yaml, Path::new("/base")) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    assert_eq!(
+        errors(
+            "role: edge\nlisten: 127.0.0.1:8080\nregistry: { dir: reg }\nroutes:\n  - match: { path_prefix: / }\n    origin: 127.0.0.1:9\n"
+        ),
+        ["registry: applies to regions only (line 3, column 11)"]
+    );
+    assert_eq!(
+        errors("role: region\nlisten: 127.0.0.1:8181\nregistry: { dir: reg }\n"),
+        ["registry: needs admin: the deploy API is on the admin listener (line 3, column 11)"]
+    );
+    assert_eq!(
+        errors("role: region\nlisten: 127.0.0.1:8181\nadmin: {}\nregistry: { max_code: 1B }\n"),
+        ["registry.dir: missing: a folder for deployed code (line 4, column 11)",]
+    );
+    let region = "role: region\nlisten: 127.0.0.1:8181\nadmin: {}\nregistry: { dir: reg, max_memory: 512MiB }\n";
+    let config =
+        compile(region, Path::new("/base")).expect("a region needs no task with a registry");
+    let spec = config.registry.clone().expect("registry");
+    assert_eq!(
+        (spec.dir, spec.max_memory, spec.max_code),
+        ("/base/reg".into(), 512 << 20, 64 << 20)
+    );
+    let env = |token: &'static str| {
+        move |name: &str| match name {
+            FORWARDING_KEY_ENV => Some("0123456789abcdef-forwarding".to_string()),
+            DEPLOY_TOKEN_ENV => Some(token.to_string()).filter(|t| !t.is_empty()),
+            _ => None,
+        }
+    };
+    let refused = |token| {
+        prepare(config.clone(), env(token))
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        refused(""),
+        [
+            "registry: no deploy token: set POPLAR_DEPLOY_TOKEN or registry.token_file (deploys need one)"
+        ]
+    );
+    assert_eq!(
+        refused("short"),
+        ["registry: the deploy token must be at least 16 bytes"]
+    );
+    let prepared = prepare(config.clone(), env("0123456789abcdef-deploy")).expect("a token");
+    let token = prepared.registry.and_then(|r| r.token);
+    assert_eq!(token, Some(Secret(b"0123456789abcdef-deploy".to_vec())));
+}
+
+#[test]
+fn a_task_without_wasm_takes_its_code_from_regions_and_so_needs_them() {
+    let errors = |yaml: &str| match compile(yaml, Path::new("/base")) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let edge = "role: edge\nlisten: 127.0.0.1:8080\ntasks:\n  greet: {}\nroutes:\n  - match: { path_prefix: /greet }\n    task: greet\n";
+    assert_eq!(
+        errors(edge),
+        [
+            "tasks.greet.wasm: missing: a wasm file (only an edge with regions takes code from them) (line 4, column 10)"
+        ]
+    );
+    let with_regions = format!("{edge}regions:\n  west: {{ address: \"127.0.0.1:8181\" }}\n");
+    let config = compile(&with_regions, Path::new("/base")).expect("from regions");
+    assert_eq!(config.tasks["greet"].wasm, None);
+    assert_eq!(
+        errors(&format!("{with_regions}    placement: edge\n").replace(
+            "regions:\n  west: { address: \"127.0.0.1:8181\" }\n    placement: edge\n",
+            "    placement: edge\nregions:\n  west: { address: \"127.0.0.1:8181\" }\n"
+        )),
+        [
+            "routes[0].placement: edge needs the task's wasm file here: greet's code comes from regions when it turns hot (line 8, column 16)"
+        ]
+    );
+    assert_eq!(
+        errors("role: region\nlisten: 127.0.0.1:8181\ntasks:\n  greet: {}\n"),
+        [
+            "tasks.greet.wasm: missing: a wasm file (only an edge with regions takes code from them) (line 4, column 10)"
+        ]
+    );
 }

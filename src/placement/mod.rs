@@ -7,6 +7,7 @@
 pub mod admission;
 mod compiler;
 pub mod hotness;
+mod remote;
 pub mod resident;
 
 use std::collections::HashMap;
@@ -53,12 +54,32 @@ pub struct Placer {
     /// Promotions compile there, one at a time, at the lowest CPU priority (one thread for
     /// every config a reload brings).
     compiler: Arc<Compiler>,
+    /// Tasks whose code comes from regions, turned hot, waiting for their code: `(name,
+    /// digest)`, taken by the code watcher ([`crate::regions::code`]).
+    wanted: Mutex<Vec<(String, String)>>,
+    /// Wakes the code watcher: code is wanted, or a region answered with another version.
+    pub wake: tokio::sync::Notify,
+    /// A region answered a forward with a version this edge did not know: look now.
+    poll_soon: std::sync::atomic::AtomicBool,
+}
+
+/// How long a task whose code could not be fetched is left forwarded before trying again.
+const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The current version of a task whose code comes from regions, as a region said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub digest: String,
+    pub limits: Limits,
 }
 
 struct TaskEntry {
     spec: TaskSpec,
-    /// Its declared memory and deadline fit the edge's inline limits.
+    /// Its declared memory and deadline fit the edge's inline limits (a task from regions:
+    /// those of its version, once known).
     fits: bool,
+    /// Its code comes from regions (no wasm file here).
+    remote: bool,
     /// Loaded at start for `placement: edge` routes; never evicted.
     pinned: Option<Arc<Task>>,
     state: Mutex<TaskState>,
@@ -68,10 +89,16 @@ struct TaskState {
     hotness: Hotness,
     code: Code,
     oversized_until: Option<Instant>,
+    /// A task from regions: its current version there, once a region said.
+    version: Option<Remote>,
+    /// A task from regions whose code could not be fetched: not asked for again before.
+    fetch_after: Option<Instant>,
 }
 
 enum Code {
     Absent,
+    /// A task from regions: its code is being fetched (then compiled).
+    Fetching,
     Compiling,
     Ready(Arc<Task>),
     Failed,
@@ -83,6 +110,17 @@ pub struct TaskStatus {
     pub hot: bool,
     pub rate: f64,
     pub code: &'static str,
+    /// Where its code comes from: `file` (the config's wasm) or `regions`.
+    pub from: &'static str,
+    /// The digest of the code it runs here, if any is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// A task from regions: the digest of its current version there, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// How the code it runs here was made ready (compiled, or loaded from `code_cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<crate::wasm::Ready>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,12 +153,15 @@ impl Placer {
                 let code = pinned.clone().map_or(Code::Absent, Code::Ready);
                 let entry = TaskEntry {
                     fits: fits(&task.limits, &spec.inline_limits),
+                    remote: task.wasm.is_none(),
                     spec: task,
                     pinned,
                     state: Mutex::new(TaskState {
                         hotness: Hotness::default(),
                         code,
                         oversized_until: None,
+                        version: None,
+                        fetch_after: None,
                     }),
                 };
                 (entry.spec.name.clone(), Arc::new(entry))
@@ -138,6 +179,9 @@ impl Placer {
             resident,
             floor: Mutex::new((Instant::now(), None)),
             compiler: Arc::new(Compiler::new()),
+            wanted: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            poll_soon: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -154,14 +198,28 @@ impl Placer {
             let Some(before) = old.tasks.get(name) else {
                 continue;
             };
+            let before_entry = before;
             let before = lock(&before.state);
             let mut state = lock(&entry.state);
             state.hotness = before.hotness.clone();
             state.oversized_until = before.oversized_until;
+            // A task from regions keeps the version they said, and the code of it.
+            let remote = entry.remote && before_entry.remote;
+            if remote {
+                state.version = before.version.clone();
+            }
+            let same = |task: &Task| match remote {
+                true => before
+                    .version
+                    .as_ref()
+                    .is_some_and(|v| v.digest == task.digest),
+                false => {
+                    digests.get(name) == Some(&task.digest) && task.limits == entry.spec.limits
+                }
+            };
             if let Code::Ready(task) = &before.code
                 && entry.pinned.is_none()
-                && digests.get(name) == Some(&task.digest)
-                && task.limits == entry.spec.limits
+                && same(task)
             {
                 carried.push(task.clone());
             }
@@ -224,16 +282,24 @@ impl Placer {
         body_len: Option<u64>,
         now: Instant,
     ) -> (Facts, Option<Arc<Task>>, bool) {
-        let (hot, rate, residency, code, absent, cooling_off) = {
+        let (hot, rate, residency, code, absent, cooling_off, fits_edge) = {
             let mut state = lock(&entry.state);
             state.hotness.observe(now, &self.thresholds);
             let (residency, code) = match &state.code {
                 Code::Ready(task) => (Residency::Ready, Some(task.clone())),
-                Code::Absent | Code::Compiling => (Residency::Warming, None),
+                Code::Absent | Code::Fetching | Code::Compiling => (Residency::Warming, None),
                 Code::Failed => (Residency::Never, None),
             };
             let cooling_off = state.oversized_until.is_some_and(|until| now < until);
-            let absent = matches!(state.code, Code::Absent);
+            // A task from regions can be asked for once its version is known (and not
+            // straight after a fetch failed).
+            let askable = !entry.remote
+                || (state.version.is_some() && state.fetch_after.is_none_or(|t| now >= t));
+            let absent = matches!(state.code, Code::Absent) && askable;
+            let fits_edge = match (&state.version, entry.remote) {
+                (Some(version), true) => fits(&version.limits, &self.spec.inline_limits),
+                _ => entry.fits,
+            };
             (
                 state.hotness.is_hot(),
                 state.hotness.rate(now),
@@ -241,16 +307,17 @@ impl Placer {
                 code,
                 absent,
                 cooling_off,
+                fits_edge,
             )
         };
-        let candidate = mode == Mode::Auto && entry.fits && hot && absent;
+        let candidate = mode == Mode::Auto && fits_edge && hot && absent;
         let below_floor = candidate && self.admission_floor(now).is_some_and(|floor| rate <= floor);
         let facts = Facts {
             mode,
             hot,
             below_floor,
             residency,
-            fits: entry.fits,
+            fits: fits_edge,
             cooling_off,
             body_len,
             max_inline_body: self.spec.inline_limits.max_body,
@@ -262,11 +329,29 @@ impl Placer {
     /// Sends a task that turned hot to the compiler, unless another request did already.
     fn promote(self: &Arc<Self>, entry: &Arc<TaskEntry>) {
         let mut state = lock(&entry.state);
-        if matches!(state.code, Code::Absent) {
-            state.code = Code::Compiling;
-            drop(state);
-            self.compile(entry.clone());
+        if !matches!(state.code, Code::Absent) {
+            return;
         }
+        if entry.remote {
+            let Some(digest) = state.version.as_ref().map(|v| v.digest.clone()) else {
+                return;
+            };
+            state.code = Code::Fetching;
+            let wanted = (entry.spec.name.clone(), digest);
+            drop(state);
+            log::info!(
+                "task {} turned hot: taking its code {} from the regions",
+                wanted.0,
+                wanted.1
+            );
+            lock(&self.wanted).push(wanted);
+            self.wake.notify_one();
+            return;
+        }
+        state.code = Code::Compiling;
+        drop(state);
+        let spec = entry.spec.clone();
+        self.compile(entry.clone(), move |runtime| runtime.load(&spec));
     }
 
     /// The task's compiled code, if it is loaded here (pinned or resident).
@@ -306,8 +391,13 @@ impl Placer {
             .map_or(0.0, |e| lock(&e.state).hotness.rate(now))
     }
 
-    /// Compiles a promoted task off the request path (the task stays `warming` meanwhile).
-    fn compile(self: &Arc<Self>, entry: Arc<TaskEntry>) {
+    /// Compiles a promoted task off the request path (the task stays `warming` meanwhile),
+    /// by `load`.
+    fn compile(
+        self: &Arc<Self>,
+        entry: Arc<TaskEntry>,
+        load: impl FnOnce(&Runtime) -> Result<Task, LoadError> + Send + 'static,
+    ) {
         log::info!(
             "task {} turned hot: compiling it at the edge",
             entry.spec.name
@@ -316,7 +406,7 @@ impl Placer {
         let queued = entry.clone();
         let submitted = self.compiler.submit(move || {
             let started = Instant::now();
-            let load = std::panic::AssertUnwindSafe(|| placer.runtime.load(&queued.spec));
+            let load = std::panic::AssertUnwindSafe(|| load(&placer.runtime));
             let loaded = std::panic::catch_unwind(load).unwrap_or_else(|_| {
                 Err(LoadError::Compile(wasmtime::Error::msg(
                     "the compiler panicked",
@@ -338,6 +428,15 @@ impl Placer {
     fn finish_compile(&self, entry: &TaskEntry, loaded: Result<Task, LoadError>) {
         let name = &entry.spec.name;
         let task = match loaded {
+            // A task from regions whose version changed while this compiled: the new
+            // version is asked for at its next request.
+            Ok(task) if entry.remote && !self.is_current(entry, &task.digest) => {
+                log::info!(
+                    "task {name}: {} compiled after a newer version came: dropped",
+                    task.digest
+                );
+                return;
+            }
             Ok(task) => task,
             Err(e) => {
                 log::error!(
@@ -378,6 +477,14 @@ impl Placer {
         }
     }
 
+    /// Whether `digest` is the current version of a task from regions, and its code is
+    /// being compiled.
+    fn is_current(&self, entry: &TaskEntry, digest: &str) -> bool {
+        let state = lock(&entry.state);
+        let current = state.version.as_ref().is_some_and(|v| v.digest == digest);
+        current && matches!(state.code, Code::Compiling)
+    }
+
     /// Promotion compiles so far: `(compiles, failures, seconds)`.
     pub fn compiles(&self) -> (u64, u64, f64) {
         self.compiler.stats.snapshot()
@@ -399,15 +506,24 @@ impl Placer {
                 let state = lock(&entry.state);
                 let code = match state.code {
                     Code::Absent => "absent",
+                    Code::Fetching => "fetching",
                     Code::Compiling => "compiling",
                     Code::Ready(_) if entry.pinned.is_some() => "pinned",
                     Code::Ready(_) => "resident",
                     Code::Failed => "failed",
                 };
+                let (digest, ready) = match &state.code {
+                    Code::Ready(task) => (Some(task.digest.clone()), Some(task.ready)),
+                    _ => (None, None),
+                };
                 let status = TaskStatus {
                     hot: state.hotness.is_hot(),
                     rate: state.hotness.rate(now),
                     code,
+                    from: if entry.remote { "regions" } else { "file" },
+                    digest,
+                    current: state.version.as_ref().map(|v| v.digest.clone()),
+                    ready,
                 };
                 (name.clone(), status)
             })

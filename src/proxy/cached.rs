@@ -8,9 +8,10 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::cache::range;
 use crate::cache::{
-    Cache, CacheCtx, Entry, Filing, Fwd, KeyParts, Lookup, Status, Tags, Turn, lock, policy,
-    primary_key,
+    Cache, CacheCtx, Entry, Filing, Fwd, KeyParts, Lookup, Siblings, Status, Tags, Turn, Wants,
+    lock, primary_key,
 };
 use crate::config::Target;
 use crate::proxy::EdgeLive as Live;
@@ -42,19 +43,24 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
     if matches!(ctx.fwd, Fwd::Method | Fwd::Bypass) {
         return Ok(Phase::Forward(Box::new(ctx)));
     }
-    if policy::request_bypasses(&ctx.filing.request) {
-        ctx.fwd = Fwd::Request;
+    let wants = Wants::of(&ctx.filing.request);
+    if wants.no_store {
+        // Neither served from the cache nor stored in it (RFC 9111, 5.2.1.5).
+        (ctx.fwd, ctx.storable) = (Fwd::Request, false);
         cache.count_miss();
         return Ok(Phase::Forward(Box::new(ctx)));
     }
     let now = cache.now();
-    match cache.lookup(&ctx.filing.key, &ctx.filing.request, now) {
+    match cache.lookup_for(&ctx.filing.key, &ctx.filing.request, &wants, now) {
         Lookup::Fresh(entry) => {
             cache.count_hit();
             write(session, &entry, &hit(&entry, now, None, false), now).await?;
             return Ok(Phase::Answered);
         }
-        Lookup::Stale(entry) if entry.may_revalidate_in_background(now) => {
+        // Served stale only to a request that states no wishes of its own.
+        Lookup::Stale(entry)
+            if wants == Wants::default() && entry.may_revalidate_in_background(now) =>
+        {
             cache.count_stale_served();
             let status = hit(&entry, now, Some("stale-while-revalidate"), false);
             write(session, &entry, &status, now).await?;
@@ -62,14 +68,106 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             return Ok(lead_a_refresh(cache, ctx));
         }
         Lookup::Stale(entry) => {
-            ctx.fwd = Fwd::Stale;
+            ctx.fwd = if wants.no_cache {
+                Fwd::Request
+            } else {
+                Fwd::Stale
+            };
             ctx.stale = Some(entry);
         }
         Lookup::VaryMiss => ctx.fwd = Fwd::VaryMiss,
         Lookup::Miss => ctx.fwd = Fwd::UriMiss,
     }
     cache.count_miss();
-    coalesce(session, cache, ctx).await
+    if wants.only_if_cached {
+        // Nothing stored may answer it, and it asked for nothing else (RFC 9111, 5.2.1.7).
+        let status = Status::Forward {
+            fwd: ctx.fwd,
+            stored: false,
+            detail: Some("only-if-cached"),
+        };
+        let mut head = ResponseHeader::build(504, Some(3))?;
+        head.insert_header("content-length", "0")?;
+        head.insert_header("cache-status", status.header())?;
+        session.write_response_header(Box::new(head), true).await?;
+        return Ok(Phase::Answered);
+    }
+    if ctx.filing.request.headers.contains_key(http::header::RANGE) {
+        // Its answer, a part, fills nothing: no other request waits for it.
+        return Ok(Phase::Forward(Box::new(ctx)));
+    }
+    coalesce(session, cache, ctx, &wants).await
+}
+
+/// What a filter returns to end the exchange with the origin or region when the cache
+/// answers instead ([`CacheCtx::answer`]): Pingora then calls `fail_to_proxy`, which serves
+/// it ([`serve_answer`]). Not a failure: nothing counts it as one.
+pub fn answered_from_store() -> Box<pingora_error::Error> {
+    pingora_error::Error::explain(
+        pingora_error::ErrorType::Custom(ANSWERED_FROM_STORE),
+        "the cache answers instead",
+    )
+}
+
+const ANSWERED_FROM_STORE: &str = "answered from the cache";
+
+/// Whether `e` is [`answered_from_store`].
+pub fn is_answered_from_store(e: &pingora_error::Error) -> bool {
+    matches!(e.etype(), pingora_error::ErrorType::Custom(what) if *what == ANSWERED_FROM_STORE)
+}
+
+/// Writes the answer the cache gives instead of the origin's or region's; its status.
+pub async fn serve_answer(session: &mut Session, cache: &Cache, ctx: &mut CacheCtx) -> Option<u16> {
+    let (entry, status) = ctx.answer.take()?;
+    write_answer(session, cache, &entry, &status).await
+}
+
+/// Writes a stored answer given in place of the origin's, region's or task's (a stale one is
+/// counted as served stale); its status, `None` when it could not be written.
+async fn write_answer(
+    session: &mut Session,
+    cache: &Cache,
+    entry: &Entry,
+    status: &Status,
+) -> Option<u16> {
+    match write(session, entry, status, cache.now()).await {
+        Ok(()) => {
+            if matches!(status, Status::Hit { .. }) {
+                cache.count_stale_served();
+            }
+            session.response_written().map(|r| r.status.as_u16())
+        }
+        Err(e) => {
+            log::debug!("cannot write a stored answer: {e}");
+            None
+        }
+    }
+}
+
+/// The validators of `ctx`'s stale entry, to send with the request, unless the client sent
+/// its own (then its `304`, if any, is its own to take).
+pub fn add_validators(
+    ctx: &mut CacheCtx,
+    upstream: &mut pingora_http::RequestHeader,
+) -> Result<()> {
+    let Some(stale) = &ctx.stale else {
+        return Ok(());
+    };
+    let asks = [
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+    ];
+    if asks.iter().any(|h| upstream.headers.contains_key(*h)) {
+        return Ok(());
+    }
+    for (name, value) in stale.validators() {
+        upstream.insert_header(name, value.clone())?;
+        ctx.validating = true;
+    }
+    Ok(())
 }
 
 fn hit(
@@ -90,7 +188,9 @@ fn hit(
 fn lead_a_refresh(cache: &Cache, mut ctx: CacheCtx) -> Phase {
     let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
     if let Turn::Lead(leader) = cache.locks.acquire(&lock) {
-        let refreshed = cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now());
+        // Only a request without directives of its own leads a refresh.
+        let (req, now) = (&ctx.filing.request, cache.now());
+        let refreshed = cache.lookup_for(&ctx.filing.key, req, &Wants::default(), now);
         if !matches!(refreshed, Lookup::Fresh(_)) {
             ctx.leader = Some(leader);
             return Phase::Refresh(Box::new(ctx));
@@ -101,7 +201,12 @@ fn lead_a_refresh(cache: &Cache, mut ctx: CacheCtx) -> Phase {
 
 /// A miss: the first request for its key (and variant) fills it; the others wait for that
 /// answer, up to `lock_timeout`, and go forward themselves if it did not come.
-async fn coalesce(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> Result<Phase> {
+async fn coalesce(
+    session: &mut Session,
+    cache: &Cache,
+    mut ctx: CacheCtx,
+    wants: &Wants,
+) -> Result<Phase> {
     let lock = cache.lock_key(&ctx.filing.key, &ctx.filing.request);
     match cache.locks.acquire(&lock) {
         Turn::Lead(leader) => ctx.leader = Some(leader),
@@ -109,7 +214,7 @@ async fn coalesce(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> Re
             cache.count_coalesced();
             if lock::wait(rx, cache.spec().lock_timeout).await
                 && let Lookup::Fresh(entry) =
-                    cache.lookup(&ctx.filing.key, &ctx.filing.request, cache.now())
+                    cache.lookup_for(&ctx.filing.key, &ctx.filing.request, wants, cache.now())
             {
                 let now = cache.now();
                 write(session, &entry, &hit(&entry, now, None, true), now).await?;
@@ -131,22 +236,11 @@ pub async fn serve_stale_on_error(
         ctx.filing.tags.path,
         ctx.stale.is_some()
     );
-    let entry = ctx.stale.as_ref()?;
-    let now = cache.now();
-    if !entry.may_serve_on_error(now) || session.response_written().is_some() {
+    if session.response_written().is_some() {
         return None;
     }
-    let status = hit(entry, now, Some("stale-if-error"), false);
-    match write(session, entry, &status, now).await {
-        Ok(()) => {
-            cache.count_stale_served();
-            Some(entry.status.as_u16())
-        }
-        Err(e) => {
-            log::debug!("cannot write a stale response: {e}");
-            None
-        }
-    }
+    let (entry, status) = ctx.stale_if_error(cache.now())?;
+    write_answer(session, cache, &entry, &status).await
 }
 
 /// Writes a stored response.
@@ -163,7 +257,10 @@ async fn write(
         }
     }
     head.insert_header("age", entry.age(now).to_string())?;
-    head.insert_header("content-length", entry.body.len())?;
+    // 204 and 304 have no body, and no Content-Length (RFC 9110, 8.6).
+    if !matches!(entry.status.as_u16(), 204 | 304) {
+        head.insert_header("content-length", entry.body.len())?;
+    }
     head.insert_header("x-poplar-placement", "cache")?;
     head.insert_header("cache-status", status.header())?;
     if not_modified(session.req_header(), &entry.headers) {
@@ -186,13 +283,32 @@ async fn write(
         head.insert_header("cache-status", status.header())?;
         return session.write_response_header(Box::new(head), true).await;
     }
+    let mut body = entry.body.clone();
+    if entry.status == http::StatusCode::OK {
+        match range::wanted(session.req_header(), &entry.headers, body.len()) {
+            range::Wanted::Whole => {}
+            range::Wanted::Part(part) => {
+                head.set_status(206)?;
+                let content_range = format!("bytes {}-{}/{}", part.start, part.end - 1, body.len());
+                head.insert_header("content-range", content_range)?;
+                head.insert_header("content-length", part.len())?;
+                body = body.slice(part);
+            }
+            range::Wanted::Unsatisfiable => {
+                let mut head = ResponseHeader::build(416, Some(4))?;
+                head.insert_header("content-range", format!("bytes */{}", body.len()))?;
+                head.insert_header("content-length", "0")?;
+                head.insert_header("x-poplar-placement", "cache")?;
+                head.insert_header("cache-status", status.header())?;
+                return session.write_response_header(Box::new(head), true).await;
+            }
+        }
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
-    let end = head_only || entry.body.is_empty();
+    let end = head_only || body.is_empty();
     session.write_response_header(Box::new(head), end).await?;
     if !end {
-        session
-            .write_response_body(Some(entry.body.clone()), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }
@@ -213,7 +329,13 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> 
         let Some(etag) = text(stored, "etag") else {
             return false;
         };
-        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        // Weak comparison, and lenient on quotes an origin or client left off.
+        let weak = |t: &str| {
+            t.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string()
+        };
         return tags
             .split(',')
             .any(|t| t.trim() == "*" || weak(t) == weak(&etag));
@@ -235,13 +357,16 @@ pub fn filing(
 ) -> Filing {
     let host = host.unwrap_or("");
     let req = session.req_header();
-    let (task, version) = match &route.target {
-        Target::Task(name) => (
-            Some(name.clone()),
-            live.versions.get(name).map_or("", String::as_str),
-        ),
-        Target::Origin(_) => (None, ""),
+    let (task, file_version) = match &route.target {
+        Target::Task(name) => (Some(name.clone()), live.versions.get(name)),
+        Target::Origin(_) => (None, None),
     };
+    // A task from regions has no file: its key carries the version they said is current.
+    let remote = match (&task, file_version) {
+        (Some(name), None) => Some(live.placer.version(name).unwrap_or_default()),
+        _ => None,
+    };
+    let version = file_version.or(remote.as_ref()).map_or("", String::as_str);
     let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
     // An unsafe method on a route that is not pure is keyed as the GET it invalidates.
     let method = if body.is_some() {
@@ -267,5 +392,20 @@ pub fn filing(
         task,
         path: req.uri.path().to_string(),
     };
-    Filing { key, tags, request }
+    let unsafe_method =
+        body.is_none() && !matches!(req.method, http::Method::GET | http::Method::HEAD);
+    let siblings = unsafe_method.then(|| {
+        Box::new(Siblings {
+            route: route.index,
+            version: version.to_string(),
+            host: host.to_string(),
+        })
+    });
+    Filing {
+        key,
+        tags,
+        request,
+        version: remote,
+        siblings,
+    }
 }

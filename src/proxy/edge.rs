@@ -19,6 +19,7 @@ use super::access;
 use super::cached::{self, Phase};
 use super::origin::ToOrigin;
 use super::refresh::{self, Source};
+use super::retry;
 use super::task::{self, Inline, Served};
 use super::{
     RequestIds, forwarded_for, forwarded_for_filed, normalize_request, refuse_bad_framing, respond,
@@ -32,6 +33,7 @@ use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, Rou
 use crate::origins::Origins;
 use crate::placement::{Placement, Placer, Reason};
 use crate::regions::{Attempts, Regions, signing};
+use crate::registry::DIGEST_HEADER;
 use crate::routing::{Route, Router};
 use crate::upstream;
 
@@ -223,10 +225,10 @@ impl Edge {
     }
 
     fn region_peer(regions: &Regions, fwd: &mut Forward) -> Result<Box<HttpPeer>> {
-        let Some(spec) = fwd.attempts.next(regions) else {
+        let Some((_, peer)) = fwd.attempts.next_peer(regions) else {
             return Err(ErrorKind::NoRegion.to_pingora("no healthy region"));
         };
-        Ok(Box::new(upstream::region_peer(spec.address)))
+        Ok(Box::new(peer))
     }
 
     /// Signs the forward, with the request's id so the region's log lines join the edge's.
@@ -294,7 +296,9 @@ impl Edge {
         let is_read = req.method == http::Method::GET || req.method == http::Method::HEAD;
         let (mut fwd, mut storable) = (Fwd::UriMiss, req.method == http::Method::GET);
         if req.headers.contains_key(http::header::RANGE) {
-            (fwd, storable) = (Fwd::Bypass, false);
+            // Served from a stored whole response; forwarded as it is on a miss (a part is
+            // never stored).
+            storable = false;
         } else if !is_read && rc.pure {
             match crate::body::declared_body_len(req) {
                 Some(len) if len <= KEYED_BODY => {
@@ -469,6 +473,8 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // The cache answering instead of the origin or region is no failure of theirs.
+        let e = e.filter(|e| !cached::is_answered_from_store(e));
         if e.is_none()
             && let (Some(started), Some(answered)) = (ctx.started, ctx.answered)
         {
@@ -525,6 +531,29 @@ impl ProxyHttp for Edge {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if cached::is_answered_from_store(&e) {
+            let mut e = e;
+            e.set_retry(false);
+            return e;
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let forward = ctx.forward.as_mut().map(|fwd| retry::Forwarding {
+            attempts: &mut fwd.attempts,
+            regions: &ctx.live.regions,
+            replayable: fwd.body != signing::STREAMED,
+        });
+        retry::decide(session, &mut e, forward, client_reused);
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -537,12 +566,19 @@ impl ProxyHttp for Edge {
         if let Some(host) = ctx.origin.as_ref().and_then(|o| o.host()) {
             upstream.insert_header(http::header::HOST, host)?;
         }
+        if let Some(cache) = &mut ctx.cache {
+            cached::add_validators(cache, upstream)?;
+            if ctx.origin.is_some() {
+                let capability = crate::cache::policy::SURROGATE_CAPABILITY;
+                upstream.append_header("surrogate-capability", capability)?;
+            }
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -553,15 +589,22 @@ impl ProxyHttp for Edge {
             let placement = format!("region; name={name}; reason={}", fwd.reason.as_str());
             response.insert_header("x-poplar-placement", placement)?;
         }
+        // A region names the version that ran: news of a deploy, for a task from regions.
+        if let (Some(fwd), Some(digest)) = (&ctx.forward, response.headers.get(DIGEST_HEADER))
+            && let Ok(digest) = digest.to_str()
+        {
+            ctx.live.placer.observed(&fwd.task, digest);
+        }
         if let Some(cache) = &mut ctx.cache {
-            let length = response
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok());
+            if cache.answer_from_store(&self.parts.cache, &response.as_owned_parts()) {
+                return Err(cached::answered_from_store());
+            }
+            let length = crate::body::content_length(&response.headers)
+                .and_then(|n| usize::try_from(n).ok());
             let status = cache.on_head(&self.parts.cache, &response.as_owned_parts(), length);
             response.insert_header("cache-status", status)?;
-            let length = response.headers.get(http::header::CONTENT_LENGTH);
-            if length.is_some_and(|v| v.as_bytes() == b"0") {
+            let bodiless = matches!(response.status.as_u16(), 204 | 304);
+            if length == Some(0) || bodiless || session.req_header().method == http::Method::HEAD {
                 // No body will pass the body filter: the answer is complete now.
                 cache.on_end(&self.parts.cache);
             }
@@ -593,6 +636,21 @@ impl ProxyHttp for Edge {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // Pingora closes the client's connection after a failed proxy attempt (it passes on
+        // the attempt's own verdict, not `can_reuse_downstream`): the answer says so with
+        // `Connection: close`, or a client that reuses connections sends its next request
+        // into one being closed and sees it hang up (as the cache test suite's client did).
+        session.set_keepalive(None);
+        if cached::is_answered_from_store(e)
+            && let Some(cache) = &mut ctx.cache
+        {
+            ctx.answered = Some(Answered::Cache);
+            let status = cached::serve_answer(session, &self.parts.cache, cache).await;
+            return FailToProxy {
+                error_code: status.unwrap_or(0),
+                can_reuse_downstream: false,
+            };
+        }
         let kind = respond::classify_proxy_error(e, ctx.forward.is_some());
         let Some(kind) = kind else {
             return FailToProxy {

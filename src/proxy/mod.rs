@@ -8,6 +8,7 @@ mod origin;
 mod refresh;
 mod region;
 mod respond;
+mod retry;
 mod task;
 
 use std::sync::Arc;

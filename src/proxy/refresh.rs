@@ -189,10 +189,9 @@ async fn from_a_region(
     signing::sign_request(&signing.key, &mut head, &forwarding)?;
     let mut attempts = Attempts::new(home);
     loop {
-        let Some(spec) = attempts.next(regions) else {
+        let Some((spec, peer)) = attempts.next_peer(regions) else {
             anyhow::bail!("no healthy region");
         };
-        let peer = upstream::region_peer(spec.address);
         match client
             .exchange(&peer, head.clone(), body.clone(), limit)
             .await

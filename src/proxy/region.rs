@@ -22,8 +22,9 @@ use crate::access_log::AccessLog;
 use crate::config::ForwardingKey;
 use crate::errors::ErrorKind;
 use crate::metrics::{InFlight, InFlightGuard};
-use crate::regions::health::HEALTH_PATH;
+use crate::regions::health::{DEADLINE_HEADER, HEALTH_PATH};
 use crate::regions::signing::{self, Rejection, Seen, Verified};
+use crate::registry::{CODE_PATH, REGISTRY_TASK, Registry, TASKS_PATH};
 use crate::wasm::{Runtime, Task};
 
 /// Cheap to clone: what a request changes is shared.
@@ -39,6 +40,8 @@ pub struct RegionServer {
     /// Requests being served, for a graceful stop and `/metrics`.
     pub in_flight: InFlight,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Tasks deployed with `poplar deploy`, beside the config's (which a reload replaces).
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// What a region's reload replaces, whole.
@@ -68,7 +71,47 @@ impl RegionServer {
             replays: Arc::new(AtomicU64::new(0)),
             in_flight: InFlight::default(),
             access_log: None,
+            registry: None,
         }
+    }
+
+    /// The task `name`: the config file's, else the registry's current version.
+    fn task(&self, live: &RegionLive, name: &str) -> Option<Arc<Task>> {
+        live.tasks
+            .get(name)
+            .cloned()
+            .or_else(|| self.registry.as_ref()?.task(name))
+    }
+
+    /// What an edge asks of the registry (signed): the current versions, or a version's
+    /// code. Answered here; `false` for any other request.
+    async fn registry_request(&self, session: &mut Session, verified: &Verified) -> Result<bool> {
+        // Named so (no task name starts with '_'): a client's request for these paths,
+        // forwarded by an edge for a task, runs the task.
+        if verified.task != REGISTRY_TASK {
+            return Ok(false);
+        }
+        let registry = self.registry.as_deref();
+        let path = session.req_header().uri.path();
+        let answer = match path.strip_prefix(CODE_PATH) {
+            Some(digest) => (registry.and_then(|r| r.code(digest)))
+                .map(|code| ("application/wasm", Bytes::from(code)))
+                .ok_or_else(|| format!("no code {digest:?} here")),
+            None if path == TASKS_PATH => {
+                let current = registry.map(Registry::current_versions).unwrap_or_default();
+                let body = serde_json::json!({ "tasks": current });
+                Ok(("application/json", Bytes::from(body.to_string())))
+            }
+            None => Err(format!("try {TASKS_PATH} or {CODE_PATH}DIGEST")),
+        };
+        match answer {
+            Ok((content_type, body)) => {
+                let head = ResponseHeader::build(200, Some(4))?;
+                answer_ok(session, head, content_type, body).await?;
+            }
+            Err(detail) => respond::error(session, ErrorKind::UnknownTask, &detail).await?,
+        }
+        Ok(true)
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -115,10 +158,33 @@ impl RegionServer {
     }
 }
 
-async fn health(session: &mut Session) -> Result<()> {
+/// `200 ok`, with the longest deadline of the region's tasks (edges wait that long, plus
+/// the round trip, for a forward's answer).
+async fn health(
+    session: &mut Session,
+    live: &RegionLive,
+    registry: Option<&Registry>,
+) -> Result<()> {
     let body = Bytes::from_static(b"ok\n");
-    let mut head = ResponseHeader::build(200, Some(3))?;
-    head.insert_header("content-type", "text/plain")?;
+    let mut head = ResponseHeader::build(200, Some(4))?;
+    let deployed = registry.map(|r| r.tasks()).unwrap_or_default();
+    let longest = (live.tasks.values().chain(deployed.values()))
+        .map(|t| t.limits.timeout)
+        .max();
+    if let Some(longest) = longest {
+        head.insert_header(DEADLINE_HEADER, longest.as_millis().to_string())?;
+    }
+    answer_ok(session, head, "text/plain", body).await
+}
+
+/// Sends `head` (a 200) with `body`, never to be cached.
+async fn answer_ok(
+    session: &mut Session,
+    mut head: ResponseHeader,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    head.insert_header("content-type", content_type.to_string())?;
     head.insert_header("content-length", body.len())?;
     head.insert_header("cache-control", "no-store")?;
     session.write_response_header(Box::new(head), false).await?;
@@ -148,7 +214,7 @@ impl ProxyHttp for RegionServer {
         }
         if session.req_header().uri.path() == HEALTH_PATH {
             ctx.health = true;
-            health(session).await?;
+            health(session, &self.live.load(), self.registry.as_deref()).await?;
             return Ok(true);
         }
         let live = self.live.load_full();
@@ -165,12 +231,15 @@ impl ProxyHttp for RegionServer {
             }
         };
         ctx.verified = Some((verified.task.clone(), verified.request_id.clone()));
-        let Some(task) = live.tasks.get(&verified.task) else {
+        if self.registry_request(session, &verified).await? {
+            return Ok(true);
+        }
+        let Some(task) = self.task(&live, &verified.task) else {
             let detail = format!("no task {:?}", verified.task);
             respond::error(session, ErrorKind::UnknownTask, &detail).await?;
             return Ok(true);
         };
-        let Ok(body) = self.signed_body(session, task, &verified).await else {
+        let Ok(body) = self.signed_body(session, &task, &verified).await else {
             return Ok(true);
         };
         strip_poplar_headers(session.req_header_mut());
@@ -179,7 +248,7 @@ impl ProxyHttp for RegionServer {
         let https = proto.is_some_and(|p| p.as_bytes() == b"https");
         let run = Inline {
             runtime: &self.runtime,
-            task,
+            task: &task,
             slot: None,
             request_id: verified.request_id.as_str().into(),
             placement: None,

@@ -12,6 +12,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::cached;
 use super::respond;
 use crate::cache::Cache;
 use crate::cache::CacheCtx;
@@ -97,7 +98,20 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
             return Ok(Served::Answered);
         }
     };
-    let mut head = response_head(&response, started, run.placement.as_deref())?;
+    // A region's answer (no placement: the edge says where it ran) names the version that
+    // ran, which tells the edge a new one is current.
+    let version = match run.placement {
+        Some(_) => None,
+        None => Some(run.task.digest.as_str()),
+    };
+    if let Some((cache, ctx)) = &mut run.cache
+        && ctx.answer_from_store(cache, &response.head)
+    {
+        // A 5xx while a stale entry's stale-if-error holds: the entry answers.
+        cached::serve_answer(session, cache, ctx).await;
+        return Ok(Served::Answered);
+    }
+    let mut head = response_head(&response, started, run.placement.as_deref(), version)?;
     if let Some((cache, ctx)) = &mut run.cache {
         let length = complete.then(|| chunks.iter().map(Bytes::len).sum());
         head.insert_header("cache-status", ctx.on_head(cache, &response.head, length))?;
@@ -130,6 +144,7 @@ async fn body_for(session: &mut Session, run: &mut Inline<'_>) -> Result<Option<
         Err(kind) => {
             let message = match kind {
                 ErrorKind::TooLarge => format!("body over {max_body} bytes"),
+                ErrorKind::BodyTimeout => kind.message().to_string(),
                 _ => "cannot read the request body".to_string(),
             };
             fail(session, run, kind, &message, None).await?;
@@ -201,6 +216,15 @@ async fn fail(
     detail: &str,
     shown: Option<&str>,
 ) -> Result<()> {
+    if kind.status() >= 500
+        && let Some((cache, ctx)) = &run.cache
+        && cached::serve_stale_on_error(session, cache, ctx)
+            .await
+            .is_some()
+    {
+        log::warn!("served a stale response: {detail}");
+        return Ok(());
+    }
     let status = run
         .cache
         .as_ref()
@@ -258,9 +282,12 @@ pub(super) async fn read_body(session: &mut Session, max_body: u64) -> Result<By
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body.freeze()),
-            Err(_) => {
+            Err(e) => {
                 session.set_keepalive(None);
-                return Err(ErrorKind::BadRequest);
+                return Err(match e.etype {
+                    pingora_error::ErrorType::ReadTimedout => ErrorKind::BodyTimeout,
+                    _ => ErrorKind::BadRequest,
+                });
             }
         }
     }
@@ -287,9 +314,10 @@ fn response_head(
     response: &GuestResponse,
     started: Instant,
     placement: Option<&str>,
+    version: Option<&str>,
 ) -> Result<ResponseHeader> {
     let mut head =
-        ResponseHeader::build(response.head.status, Some(response.head.headers.len() + 3))?;
+        ResponseHeader::build(response.head.status, Some(response.head.headers.len() + 4))?;
     for (name, value) in &response.head.headers {
         // A guest speaks neither for Poplar nor for its cache.
         let ours = name.as_str().starts_with("x-poplar-") || name == "cache-status";
@@ -299,6 +327,9 @@ fn response_head(
     }
     if let Some(placement) = placement {
         head.insert_header("x-poplar-placement", placement.to_string())?;
+    }
+    if let Some(version) = version {
+        head.insert_header(crate::registry::DIGEST_HEADER, version.to_string())?;
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     head.append_header("server-timing", format!("task;dur={ms:.3}"))?;

@@ -15,6 +15,15 @@ use crate::upstream::{self, Client};
 
 /// The path every Poplar server answers `200 ok` on.
 pub const HEALTH_PATH: &str = "/_poplar/health";
+/// The header of a region's health answer giving its longest task deadline, in ms.
+pub const DEADLINE_HEADER: &str = "x-poplar-max-timeout-ms";
+
+/// A probe's success: how long it took, and the longest task deadline the region gave.
+#[derive(Debug, Clone, Copy)]
+pub struct Probed {
+    pub elapsed: Duration,
+    pub deadline: Option<Duration>,
+}
 
 /// Probes every region of an edge until shutdown.
 pub struct HealthChecker {
@@ -62,20 +71,28 @@ async fn probe(
     client: &Client,
     address: std::net::SocketAddr,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<Probed, String> {
     let started = Instant::now();
     let attempt = async {
         let mut head =
             RequestHeader::build("GET", HEALTH_PATH.as_bytes(), None).map_err(|e| e.to_string())?;
         head.insert_header(http::header::HOST, address.to_string())
             .map_err(|e| e.to_string())?;
-        let peer = upstream::region_peer(address);
+        let peer = upstream::region_peer(address, timeout);
         let answer = client
             .exchange(&peer, head, bytes::Bytes::new(), PROBE_BODY_LIMIT)
             .await
             .map_err(|e| e.to_string())?;
         match answer.head.status {
-            http::StatusCode::OK => Ok(started.elapsed()),
+            http::StatusCode::OK => Ok(Probed {
+                elapsed: started.elapsed(),
+                deadline: answer
+                    .head
+                    .headers
+                    .get(DEADLINE_HEADER)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .map(Duration::from_millis),
+            }),
             status => Err(format!("answered {status}")),
         }
     };

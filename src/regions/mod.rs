@@ -1,6 +1,7 @@
 //! Regions as an edge sees them: health (active probes and passive ejection), smoothed
 //! latency, the choice of a region per forward, and the signature on forwarded requests.
 
+pub mod code;
 pub mod health;
 pub mod select;
 pub mod signing;
@@ -16,6 +17,12 @@ pub use health::HealthChecker;
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 
+/// A region's longest task deadline until its health answer says it.
+const UNKNOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// What a forward may take beyond the region's deadline: the round trip, and the region's
+/// own answer of a deadline error.
+const ROUND_TRIP: Duration = Duration::from_secs(1);
+
 /// The regions of an edge and what it has learned of them.
 pub struct Regions {
     specs: Vec<RegionSpec>,
@@ -30,6 +37,8 @@ struct RegionState {
     latency_ms: Option<f64>,
     /// Forwards that failed: refused connections, and requests that broke after sending.
     forward_failures: u64,
+    /// The longest task deadline the region said it has (its health answer).
+    deadline: Option<Duration>,
 }
 
 /// One region's state, for the admin endpoint.
@@ -40,6 +49,9 @@ pub struct RegionStatus {
     pub healthy: bool,
     pub latency_ms: Option<f64>,
     pub forward_failures: u64,
+    /// How long a forward waits for its answer: the region's longest task deadline (from its
+    /// health answer) plus the round trip.
+    pub forward_timeout_ms: u64,
 }
 
 impl Regions {
@@ -53,6 +65,7 @@ impl Regions {
                     failed_probes: 0,
                     latency_ms: None,
                     forward_failures: 0,
+                    deadline: None,
                 })
             })
             .collect();
@@ -116,6 +129,22 @@ impl Regions {
         select::choose(&views, home, tried)
     }
 
+    /// The healthy regions in the order a forward would try them (`home` first).
+    pub fn in_order(&self, home: Option<usize>) -> Vec<usize> {
+        let mut order = Vec::new();
+        while let Some(i) = self.choose(home, &order) {
+            order.push(i);
+        }
+        order
+    }
+
+    /// How long a forward to region `i` may wait for an answer: its longest task deadline
+    /// plus the round trip. Silent for longer, the region is hung.
+    fn forward_timeout(&self, i: usize) -> Duration {
+        let deadline = self.state(i).and_then(|s| s.deadline);
+        deadline.unwrap_or(UNKNOWN_DEADLINE) + ROUND_TRIP
+    }
+
     /// A response came back from region `i` after `elapsed`.
     fn record_response(&self, i: usize, elapsed: Duration) {
         self.update(i, |s| s.latency_ms = Some(smooth(s.latency_ms, elapsed)));
@@ -127,7 +156,7 @@ impl Regions {
             s.forward_failures += 1;
             if s.healthy {
                 log::warn!(
-                    "region {}: connection failed, taking it out",
+                    "region {}: refused or did not answer in time, taking it out",
                     self.specs[i].name
                 );
             }
@@ -136,14 +165,15 @@ impl Regions {
     }
 
     /// The outcome of an active probe of region `i`.
-    pub fn record_probe(&self, i: usize, outcome: Result<Duration, String>) {
+    pub fn record_probe(&self, i: usize, outcome: Result<health::Probed, String>) {
         let unhealthy_after = self.health.unhealthy_after;
         self.update(i, |s| match outcome {
-            Ok(elapsed) => {
+            Ok(health::Probed { elapsed, deadline }) => {
                 if !s.healthy {
                     log::info!("region {}: healthy again", self.specs[i].name);
                 }
                 s.healthy = true;
+                s.deadline = deadline.or(s.deadline);
                 s.failed_probes = 0;
                 s.latency_ms = Some(smooth(s.latency_ms, elapsed));
             }
@@ -171,6 +201,7 @@ impl Regions {
                     name: spec.name.clone(),
                     address: spec.address.to_string(),
                     healthy: s.healthy,
+                    forward_timeout_ms: self.forward_timeout(i).as_millis() as u64,
                     latency_ms: s.latency_ms,
                     forward_failures: s.forward_failures,
                 })
@@ -208,8 +239,21 @@ impl Attempts {
         Some(spec)
     }
 
-    /// The current region refused the connection (nothing was sent): it is taken out.
-    /// Whether another region can still take the request.
+    /// [`Self::next`], with the peer to send to: the region's address, and its deadline
+    /// plus the round trip to answer in.
+    pub fn next_peer<'r>(
+        &mut self,
+        regions: &'r Regions,
+    ) -> Option<(&'r RegionSpec, pingora_core::upstreams::peer::HttpPeer)> {
+        let spec = self.next(regions)?;
+        let i = self.current.map(|(i, _)| i)?;
+        let peer = crate::upstream::region_peer(spec.address, regions.forward_timeout(i));
+        Some((spec, peer))
+    }
+
+    /// The current region refused the connection (nothing was sent), or did not answer
+    /// within its deadline: it is taken out until a probe brings it back. Whether another
+    /// region can still take the request.
     pub fn refused(&mut self, regions: &Regions) -> bool {
         if let Some((i, _)) = self.current.take() {
             regions.record_failure(i);
@@ -279,8 +323,22 @@ mod tests {
         assert_eq!(r.choose(Some(0), &[]), Some(0), "one failure is not enough");
         r.record_probe(0, Err("refused".into()));
         assert_eq!(r.choose(Some(0), &[]), Some(1));
-        r.record_probe(0, Ok(Duration::from_millis(1)));
+        assert_eq!(
+            r.forward_timeout(0),
+            Duration::from_secs(31),
+            "deadline unknown"
+        );
+        let probed = health::Probed {
+            elapsed: Duration::from_millis(1),
+            deadline: Some(Duration::from_secs(5)),
+        };
+        r.record_probe(0, Ok(probed));
         assert_eq!(r.choose(Some(0), &[]), Some(0));
+        assert_eq!(
+            r.forward_timeout(0),
+            Duration::from_secs(6),
+            "its deadline + 1 s"
+        );
     }
 
     #[test]

@@ -8,22 +8,26 @@ use std::sync::Arc;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::http::v1::server::RequestHeadLimits;
 use pingora_core::server::Server;
 use pingora_core::services::ServiceHandle;
+use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyHttp;
 
-use crate::config::{ConfigError, ListenerSpec};
+use super::capped::{Capped, Connections};
+use crate::config::{ClientLimits, ConfigError, ListenerSpec};
 use crate::tls::Resolver;
 
 /// A TLS listener's certificate choice, by its address: what a reload replaces.
 pub type Resolvers = Vec<(SocketAddr, Arc<Resolver>)>;
 
-/// Adds `proxy` to `server` on every listener, each service starting after `hand_over`.
+/// Adds `proxy` to `server` on every listener, each service starting after `hand_over`,
+/// its client connections held to `clients` (counted in `connections`).
 pub(super) fn add<P>(
     server: &mut Server,
     listeners: &[ListenerSpec],
     proxy: P,
-    name: &str,
+    (name, clients, connections): (&str, &ClientLimits, &Arc<Connections>),
     hand_over: &ServiceHandle,
 ) -> Result<Resolvers, ConfigError>
 where
@@ -36,13 +40,14 @@ where
         if group.is_empty() {
             continue;
         }
-        let conf = &server.configuration;
-        let mut service = pingora_proxy::http_proxy_service_with_name(conf, proxy.clone(), name);
-        if h2c && let Some(app) = service.app_logic_mut() {
-            let mut options = HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+        let mut app = pingora_proxy::http_proxy(&server.configuration, proxy.clone());
+        app.server_options = Some(server_options(clients, h2c));
+        let capped = Capped {
+            app: Arc::new(app),
+            max: clients.max_connections,
+            connections: connections.clone(),
+        };
+        let mut service = Service::new(name.to_string(), capped);
         for listener in group {
             let addr = listener.addr.to_string();
             let Some(tls) = &listener.tls else {
@@ -66,4 +71,20 @@ where
         server.add_service(service).add_dependency(hand_over);
     }
     Ok(resolvers)
+}
+
+/// Pingora's options for a service: the client limits, and h2c if asked for.
+fn server_options(clients: &ClientLimits, h2c: bool) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    options.keepalive_request_limit = Some(clients.max_requests);
+    options.h2_idle_timeout = Some(clients.idle_timeout);
+    options.head_limits = Some(RequestHeadLimits {
+        max_bytes: clients.max_header_bytes,
+        max_headers: clients.max_headers,
+        timeout: Some(clients.header_timeout),
+        idle: Some(clients.idle_timeout),
+        body_timeout: Some(clients.body_timeout),
+    });
+    options
 }

@@ -25,11 +25,14 @@ use crate::config::{Config, ConfigError, ConfigErrors, Role, TaskSpec};
 use crate::metrics::{Counters, InFlight};
 use crate::proxy::{Edge, EdgeParts, RegionServer};
 use crate::regions::HealthChecker;
+use crate::registry::Registry;
 use crate::wasm::{self, Capacity, Runtime, Task};
 
+mod capped;
 mod listeners;
 mod reload;
 mod services;
+pub use capped::Connections;
 pub use reload::{RegionReloaded, RegionReloader, Reloaded, Reloader};
 use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, ReloadOnHangUp, Reopen};
 
@@ -95,16 +98,19 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         access_log,
         hand_over: &hand_over,
         signals: built.signals,
+        connections: Arc::default(),
     };
     let (sources, reload) = match config.role {
         Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
         Role::Region => add_region(&mut server, config, source, shared)?,
     };
     if let Some(admin) = &config.admin {
-        let mut service = Service::new(
-            "poplar admin".to_string(),
-            HttpServer::new_app(Admin::new(sources, admin, reload)),
-        );
+        let registry = sources.registry.clone();
+        let mut app = Admin::new(sources, admin, reload);
+        if let Some(registry) = registry {
+            app = app.with_registry(registry);
+        }
+        let mut service = Service::new("poplar admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(&admin.listen.to_string());
         server.add_service(service).add_dependency(&hand_over);
     }
@@ -121,6 +127,8 @@ struct Shared<'a> {
     /// Whether the process's signals are the server's (`SIGHUP` reloads, `SIGUSR1` reopens
     /// the access log): not for a server on a thread of a test.
     signals: bool,
+    /// Client connections open, over every listener (`clients.max_connections`).
+    connections: Arc<capped::Connections>,
 }
 
 /// The edge proxy and its regions' health checks; what its admin endpoint reports on.
@@ -147,25 +155,54 @@ fn add_edge(
         live: Some(edge.live.clone()),
         cache: Some(edge.cache.clone()),
         replays_refused: None,
+        registry: None,
         in_flight: shared.in_flight,
         runtime: Some(reloader.runtime.clone()),
         access_log: shared.access_log,
+        connections: shared.connections.clone(),
     };
     // Always: a reload may bring the first region.
     let checker = HealthChecker::new(reloader.regions.clone(), edge.client.clone());
-    server.add_service(background_service("region health checks", checker));
     let live = edge.live.clone();
     let keeper = crate::origins::Keeper {
         origins: Arc::new(move || live.load().origins.clone()),
         client: edge.client.clone(),
     };
-    server.add_service(background_service("origin names and health", keeper));
+    let live = edge.live.clone();
+    let watch = crate::regions::code::CodeWatch {
+        view: Arc::new(move || {
+            let live = live.load();
+            let homes = (0..)
+                .map_while(|i| live.router.by_index(i))
+                .filter_map(|r| match (&r.target, &r.region) {
+                    (crate::config::Target::Task(task), Some(home)) => {
+                        Some((task.clone(), home.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            crate::regions::code::View {
+                placer: live.placer.clone(),
+                regions: live.regions.clone(),
+                key: live.key.clone(),
+                homes,
+            }
+        }),
+        client: edge.client.clone(),
+    };
+    // One thread for the edge's upkeep: each Pingora background service is a thread and a
+    // runtime of its own, and these wait on the network, not the CPU.
+    let upkeep = services::Together(vec![Box::new(checker), Box::new(keeper), Box::new(watch)]);
+    server.add_service(background_service(
+        "region health, origin names, task code",
+        upkeep,
+    ));
     let edge = Edge::new(edge);
     let resolvers = listeners::add(
         server,
         &config.listeners,
         edge,
-        "poplar edge",
+        ("poplar edge", &config.clients, &shared.connections),
         shared.hand_over,
     )
     .map_err(|e| fail(source, vec![e]))?;
@@ -210,15 +247,17 @@ fn add_region(
         live: None,
         cache: None,
         replays_refused: Some(region.replays.clone()),
+        registry: region.registry.clone(),
         in_flight: shared.in_flight,
         runtime: Some(region.runtime().clone()),
         access_log: shared.access_log,
+        connections: shared.connections.clone(),
     };
     let resolvers = listeners::add(
         server,
         &config.listeners,
         region,
-        "poplar region",
+        ("poplar region", &config.clients, &shared.connections),
         shared.hand_over,
     )
     .map_err(|e| fail(source, vec![e]))?;
@@ -297,7 +336,10 @@ fn versions(config: &Config, source: &Path) -> Result<HashMap<String, String>, C
     let mut versions = HashMap::new();
     let mut errors = Vec::new();
     for task in config.tasks.values() {
-        match std::fs::read(&task.wasm) {
+        let Some(wasm) = &task.wasm else {
+            continue;
+        };
+        match std::fs::read(wasm) {
             Ok(bytes) => {
                 versions.insert(task.name.clone(), wasm::digest(&bytes));
             }
@@ -314,14 +356,22 @@ fn versions(config: &Config, source: &Path) -> Result<HashMap<String, String>, C
     }
 }
 
-/// The region: every task is loaded now.
+/// The region: every task is loaded now, the config's and the registry's current ones.
 fn region(config: &Config, source: &Path) -> Result<RegionServer, ConfigErrors> {
     let (runtime, tasks) = load_tasks(config, source)?;
     let key = config
         .forwarding_key
         .clone()
         .ok_or_else(|| no_key(source))?;
-    Ok(RegionServer::new(Arc::new(runtime), tasks, key))
+    let runtime = Arc::new(runtime);
+    let mut region = RegionServer::new(runtime.clone(), tasks, key);
+    if let Some(spec) = &config.registry {
+        let names = config.tasks.keys().cloned().collect();
+        let registry = Registry::open(spec, runtime, names)
+            .map_err(|e| fail(source, vec![ConfigError::new("registry.dir", e)]))?;
+        region.registry = Some(Arc::new(registry));
+    }
+    Ok(region)
 }
 
 /// Sets up the wasm runtime and compiles every task, as `poplar check` does.
@@ -330,7 +380,9 @@ pub fn load_tasks(
     source: &Path,
 ) -> Result<(Runtime, Vec<Arc<Task>>), ConfigErrors> {
     let runtime = runtime(config, source)?;
-    let tasks = load(&runtime, config.tasks.values(), source)?;
+    // A task from regions has nothing to compile here.
+    let files = config.tasks.values().filter(|t| t.wasm.is_some());
+    let tasks = load(&runtime, files, source)?;
     Ok((runtime, tasks))
 }
 
@@ -343,6 +395,14 @@ fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
         )
     })?;
     runtime.set_guest_log(config.guest_log);
+    if let Some(cache) = &config.code_cache {
+        runtime
+            .keep_code_in(&cache.dir, cache.max_bytes)
+            .map_err(|e| {
+                let message = format!("cannot use {}: {e}", cache.dir.display());
+                fail(source, vec![ConfigError::new("code_cache.dir", message)])
+            })?;
+    }
     Ok(runtime)
 }
 
@@ -364,15 +424,18 @@ fn load<'a>(
 }
 
 fn capacity(config: &Config) -> Capacity {
-    let max_memory = config
-        .tasks
-        .values()
-        .map(|t| t.limits.memory)
+    // A registry's tasks may declare up to its max_memory, deployed after start.
+    let deployable = config.registry.as_ref().map(|r| r.max_memory);
+    let max_memory = (config.tasks.values().map(|t| t.limits.memory))
+        .chain(deployable)
         .max()
         .unwrap_or(64 << 20);
+    let instances = u32::try_from(config.placement.max_inline).unwrap_or(u32::MAX);
     Capacity {
-        instances: u32::try_from(config.placement.max_inline).unwrap_or(u32::MAX),
+        instances,
         max_memory,
+        guest_memory: (config.placement.guest_memory)
+            .unwrap_or(max_memory.saturating_mul(u64::from(instances))),
     }
 }
 

@@ -199,14 +199,21 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
     check("threads", old.threads == new.threads);
     check("admin", old.admin == new.admin);
     check("access_log", old.access_log == new.access_log);
+    check("clients", old.clients == new.clients);
     check("grace_period", old.grace_period == new.grace_period);
     check("upgrade_socket", old.upgrade_socket == new.upgrade_socket);
     check("guest_log", old.guest_log == new.guest_log);
     check("cache", old.cache == new.cache);
+    check("code_cache", old.code_cache == new.code_cache);
+    check("registry", old.registry == new.registry);
     let (before, after) = (&old.placement, &new.placement);
     check(
         "placement.max_inline",
         before.max_inline == after.max_inline,
+    );
+    check(
+        "placement.guest_memory",
+        before.guest_memory == after.guest_memory,
     );
     // The engine's instance pool is sized for the largest task memory at start.
     let pool = capacity(old).max_memory;

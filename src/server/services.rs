@@ -1,6 +1,6 @@
 //! The services a Poplar server adds to Pingora's beside its proxies: the hand-over of
-//! listeners bound beforehand, the exit watchdog of a stop, the access log's reopening and
-//! reloads on `SIGHUP`.
+//! listeners bound beforehand, the exit watchdog of a stop, the access log's reopening,
+//! reloads on `SIGHUP`, and [`Together`], background services sharing one thread.
 
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
@@ -13,6 +13,20 @@ use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use crate::access_log::AccessLog;
 use crate::admin::Reload;
 use crate::metrics::InFlight;
+
+/// Background services run side by side on one thread (Pingora gives each service a thread
+/// and a runtime of its own): each ends with the shutdown, as it would alone.
+pub(super) struct Together(
+    pub(super) Vec<Box<dyn pingora_core::services::background::BackgroundService + Send + Sync>>,
+);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Together {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let all = self.0.iter().map(|service| service.start(shutdown.clone()));
+        futures_util::future::join_all(all).await;
+    }
+}
 
 /// How long past its drain a stopping server may take before the watchdog ends it.
 pub(super) const EXIT_SLACK_SECS: u64 = 5;

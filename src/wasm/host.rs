@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,7 +30,11 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(request_id: &Arc<str>, memory_cap: u64, level: log::Level) -> Host {
+    pub fn new(
+        request_id: &Arc<str>,
+        (memory_cap, shared): (u64, &Arc<GuestMemory>),
+        level: log::Level,
+    ) -> Host {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         let wasi = WasiCtx::builder()
@@ -44,6 +49,8 @@ impl Host {
             limiter: MemoryLimiter {
                 cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
                 hit: false,
+                shared: shared.clone(),
+                taken: 0,
             },
         }
     }
@@ -92,21 +99,77 @@ impl WasiHttpHooks for DenyOutbound {
     }
 }
 
-/// Caps linear memory and records a refusal, so a trap that follows can be told apart
-/// from any other trap.
+/// The linear memory every execution of a runtime holds together, against the budget the
+/// operator set (`placement.guest_memory`).
+#[derive(Debug)]
+pub struct GuestMemory {
+    budget: u64,
+    held: AtomicU64,
+    /// Growths refused because the budget was spent (the guest stopped with `memory`).
+    refused: AtomicU64,
+}
+
+impl GuestMemory {
+    pub fn new(budget: u64) -> GuestMemory {
+        GuestMemory {
+            budget,
+            held: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes held now, the budget, and growths refused so far.
+    pub fn usage(&self) -> (u64, u64, u64) {
+        let held = self.held.load(Ordering::Relaxed);
+        (held, self.budget, self.refused.load(Ordering::Relaxed))
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        let taken = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&n| n <= self.budget)
+            });
+        if taken.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken.is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Caps linear memory, per execution and against the shared budget, and records a refusal,
+/// so a trap that follows can be told apart from any other trap.
 pub(crate) struct MemoryLimiter {
     cap: usize,
     pub(crate) hit: bool,
+    shared: Arc<GuestMemory>,
+    /// What this execution took from the shared budget: the size of its memories.
+    taken: u64,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.shared.give_back(self.taken);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.cap && maximum.is_none_or(|max| desired <= max);
+        let within = desired <= self.cap && maximum.is_none_or(|max| desired <= max);
+        let more = desired.saturating_sub(current) as u64;
+        let allowed = within && self.shared.take(more);
+        if allowed {
+            self.taken += more;
+        }
         self.hit |= !allowed;
         Ok(allowed)
     }
@@ -246,5 +309,23 @@ impl tokio::io::AsyncWrite for LineWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestMemory;
+
+    #[test]
+    fn the_budget_is_taken_and_given_back_never_overdrawn() {
+        let budget = GuestMemory::new(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "over the budget");
+        assert!(budget.take(40));
+        assert_eq!(budget.usage(), (100, 100, 1));
+        budget.give_back(60);
+        assert!(budget.take(60));
+        budget.give_back(100);
+        assert_eq!(budget.usage(), (0, 100, 1));
     }
 }

@@ -7,6 +7,7 @@
 
 mod exec;
 mod host;
+mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,10 +22,11 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{Limits, TaskSpec};
 pub use exec::{GuestResponse, TaskError};
-use host::Host;
+use host::{GuestMemory, Host};
+pub use store::{CodeStore, is_digest, write_atomically};
 
 /// How often the epoch advances: the granularity of deadlines and of guest time slices.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Why a task could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum LoadError {
     Compile(wasmtime::Error),
     #[error("not a wasi:http/proxy component this host can run: {0:#}")]
     Link(wasmtime::Error),
+    #[error("its code comes from regions, not a file here")]
+    FromRegions,
 }
 
 /// What the engine must be able to hold at once.
@@ -51,6 +55,8 @@ pub struct Capacity {
     pub instances: u32,
     /// The largest memory cap of any task, in bytes.
     pub max_memory: u64,
+    /// Linear memory all executions together may hold, in bytes.
+    pub guest_memory: u64,
 }
 
 /// The engine, the linker and the epoch ticker, shared by every task of a server.
@@ -65,6 +71,53 @@ pub struct Runtime {
     slot_waits: std::sync::atomic::AtomicU64,
     /// The level guests' stdout and stderr lines are logged at (target `poplar::guest`).
     guest_log: log::Level,
+    /// Linear memory held by every execution, against `placement.guest_memory`.
+    memory: Arc<GuestMemory>,
+    /// Compiled code kept on disk (`code_cache:`), if any.
+    store: Option<CodeStore>,
+    /// Components compiled, and loaded compiled from the store, since start.
+    pub code: CodeStats,
+}
+
+/// How tasks' code was made ready since start: compiled from wasm, or loaded compiled
+/// from the code cache, and the time each took.
+#[derive(Debug, Default)]
+pub struct CodeStats {
+    compiled: AtomicU64,
+    compile_nanos: AtomicU64,
+    loaded: AtomicU64,
+    load_nanos: AtomicU64,
+}
+
+/// [`CodeStats`] as read at one moment.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CodeCounts {
+    pub compiled: u64,
+    pub compile_seconds: f64,
+    pub loaded: u64,
+    pub load_seconds: f64,
+}
+
+impl CodeStats {
+    fn record(&self, compiled: bool, took: Duration) {
+        let (count, nanos) = match compiled {
+            true => (&self.compiled, &self.compile_nanos),
+            false => (&self.loaded, &self.load_nanos),
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        nanos.fetch_add(took, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> CodeCounts {
+        let seconds = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64 / 1e9;
+        CodeCounts {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            compile_seconds: seconds(&self.compile_nanos),
+            loaded: self.loaded.load(Ordering::Relaxed),
+            load_seconds: seconds(&self.load_nanos),
+        }
+    }
 }
 
 impl Runtime {
@@ -86,7 +139,21 @@ impl Runtime {
             ticker,
             slot_waits: std::sync::atomic::AtomicU64::new(0),
             guest_log: log::Level::Info,
+            memory: Arc::new(GuestMemory::new(capacity.guest_memory)),
+            store: None,
+            code: CodeStats::default(),
         })
+    }
+
+    /// Keeps compiled code in `dir` (at most `max_bytes` of it), and loads it from there.
+    pub fn keep_code_in(&mut self, dir: &std::path::Path, max_bytes: u64) -> std::io::Result<()> {
+        self.store = Some(CodeStore::open(dir, max_bytes, &self.engine)?);
+        Ok(())
+    }
+
+    /// The code cache, if there is one.
+    pub fn store(&self) -> Option<&CodeStore> {
+        self.store.as_ref()
     }
 
     /// Logs the guests of tasks loaded from now on at `level`.
@@ -98,6 +165,11 @@ impl Runtime {
     pub fn slots_in_use(&self) -> (usize, usize) {
         let free = self.slots.available_permits();
         (self.instances.saturating_sub(free), self.instances)
+    }
+
+    /// Guest linear memory held now, its budget, and growths the budget refused.
+    pub fn guest_memory(&self) -> (u64, u64, u64) {
+        self.memory.usage()
     }
 
     /// Executions that waited for a slot, since start.
@@ -132,15 +204,38 @@ impl Runtime {
     }
 
     pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Task, LoadError> {
-        let component = self.compile(bytes)?;
-        self.link(name, digest(bytes), &component, limits)
+        let digest = digest(bytes);
+        let (component, ready) = self.component(bytes, &digest)?;
+        self.link(name, digest, &component, limits, ready)
     }
 
-    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+    /// The component of `bytes` (whose digest is `digest`): loaded compiled from the code
+    /// cache if it is there, else compiled (and kept there).
+    fn component(&self, bytes: &[u8], digest: &str) -> Result<(Component, Ready), LoadError> {
+        let started = std::time::Instant::now();
+        if let Some(component) = self
+            .store
+            .as_ref()
+            .and_then(|s| s.compiled(&self.engine, digest))
+        {
+            return Ok((component, self.made(false, started)));
+        }
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
-        Component::new(&self.engine, bytes).map_err(LoadError::Compile)
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
+        let ready = self.made(true, started);
+        if let Some(store) = &self.store {
+            store.keep_compiled(digest, &component);
+        }
+        Ok((component, ready))
+    }
+
+    /// A component made ready since `started`, compiled or loaded: counted, and said so.
+    fn made(&self, compiled: bool, started: std::time::Instant) -> Ready {
+        let took = started.elapsed();
+        self.code.record(compiled, took);
+        Ready::new(compiled, took)
     }
 
     /// Makes a task of a compiled component (several tasks may share one).
@@ -150,6 +245,7 @@ impl Runtime {
         digest: String,
         component: &Component,
         limits: Limits,
+        ready: Ready,
     ) -> Result<Task, LoadError> {
         let pre = self
             .linker
@@ -162,15 +258,20 @@ impl Runtime {
             code_bytes: (code.end as usize).saturating_sub(code.start as usize) as u64,
             digest,
             limits,
+            ready,
             guest_log: self.guest_log,
+            memory: self.memory.clone(),
             pre,
         })
     }
 }
 
 fn read(spec: &TaskSpec) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(&spec.wasm).map_err(|source| LoadError::Read {
-        path: spec.wasm.display().to_string(),
+    let Some(wasm) = &spec.wasm else {
+        return Err(LoadError::FromRegions);
+    };
+    std::fs::read(wasm).map_err(|source| LoadError::Read {
+        path: wasm.display().to_string(),
         source,
     })
 }
@@ -192,7 +293,11 @@ fn engine_config(capacity: Capacity) -> wasmtime::Config {
         .max_tables_per_module(4)
         .total_stacks(instances)
         .max_memory_size(usize::try_from(capacity.max_memory).unwrap_or(usize::MAX))
-        .decommit_batch_size(64);
+        // Memory an instance leaves beyond what is kept resident is given back to the
+        // kernel when the instance ends, not queued: a queue of 64 memory hogs' pages kept
+        // gigabytes resident (issue 16). A guest that dirtied less than the kept range
+        // queues nothing, so this costs small guests no system call.
+        .decommit_batch_size(1);
     // Keep what a request dirtied resident and copy the image back over just those pages
     // (found with the PAGEMAP_SCAN ioctl, Linux 6.7+), instead of dropping them and taking a
     // page fault on each again in the next request: 11k to 15k hello requests/s on one
@@ -209,6 +314,23 @@ fn engine_config(capacity: Capacity) -> wasmtime::Config {
     config
 }
 
+/// How a task's component was made ready: compiled from wasm, or loaded compiled from the
+/// code cache, and how long it took.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Ready {
+    pub compiled: bool,
+    pub ms: f64,
+}
+
+impl Ready {
+    fn new(compiled: bool, took: Duration) -> Ready {
+        Ready {
+            compiled,
+            ms: took.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
 /// A loaded task, ready to instantiate.
 pub struct Task {
     pub name: String,
@@ -217,8 +339,12 @@ pub struct Task {
     pub limits: Limits,
     /// Size of its compiled code, for the resident set's memory bound.
     pub code_bytes: u64,
+    /// How its code was made ready here.
+    pub ready: Ready,
     /// The level its stdout and stderr lines are logged at.
     guest_log: log::Level,
+    /// The runtime's budget its executions' memory is taken from.
+    memory: Arc<GuestMemory>,
     pre: ProxyPre<Host>,
 }
 
@@ -313,18 +439,18 @@ pub fn load_all<'a>(
     specs: impl IntoIterator<Item = &'a TaskSpec>,
 ) -> (Vec<Arc<Task>>, Vec<(String, LoadError)>) {
     // Tasks built from the same wasm share one compilation.
-    let mut compiled: HashMap<String, Component> = HashMap::new();
+    let mut compiled: HashMap<String, (Component, Ready)> = HashMap::new();
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     for spec in specs {
         let task = read(spec).and_then(|bytes| {
             let digest = digest(&bytes);
-            let component = match compiled.get(&digest) {
-                Some(component) => component.clone(),
-                None => runtime.compile(&bytes)?,
+            let (component, ready) = match compiled.get(&digest) {
+                Some(made) => made.clone(),
+                None => runtime.component(&bytes, &digest)?,
             };
-            let task = runtime.link(&spec.name, digest.clone(), &component, spec.limits)?;
-            compiled.insert(digest, component);
+            let task = runtime.link(&spec.name, digest.clone(), &component, spec.limits, ready)?;
+            compiled.insert(digest, (component, ready));
             Ok(task)
         });
         match task {
@@ -352,6 +478,7 @@ mod tests {
         let runtime = Runtime::new(Capacity {
             instances: 2,
             max_memory: 1 << 20,
+            guest_memory: 2 << 20,
         })
         .unwrap();
         let ticks = || runtime.ticker.ticks.load(Ordering::Relaxed);

@@ -229,8 +229,13 @@ impl Drop for Relay {
 
 /// The `x-poplar-placement` of a response, or "" if it has none.
 pub fn placement(resp: &reqwest::Response) -> String {
+    header(resp, "x-poplar-placement")
+}
+
+/// A response header's value, or "" if it has none.
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
     resp.headers()
-        .get("x-poplar-placement")
+        .get(name)
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default()
 }

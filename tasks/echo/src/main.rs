@@ -3,8 +3,9 @@
 //! The body comes back unchanged, with the request's `content-type`. The method and
 //! path come back as `x-echo-method` and `x-echo-path`, the whole URI as the guest sees it
 //! (scheme and authority included) as `x-echo-uri`, and every request header
-//! whose name starts with `x-echo-` is returned as it was sent. `?sleep_ms=N` waits N
-//! milliseconds (on a WASI clock) before answering: a slow task, for tests; and a request header
+//! whose name starts with `x-echo-` is returned as it was sent. `?sleep_ms=N` (or a request
+//! header `x-echo-sleep-ms: N`, which leaves the URL alone) waits N milliseconds (on a WASI
+//! clock) before answering: a slow task, for tests; and a request header
 //! `x-echo-set-NAME: VALUE` becomes the response header `NAME: VALUE`.
 
 use wstd::http::{Body, Error, Request, Response};
@@ -18,7 +19,8 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         .query()
         .unwrap_or_default()
         .split('&')
-        .find_map(|kv| kv.strip_prefix("sleep_ms="));
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .or_else(|| parts.headers.get("x-echo-sleep-ms")?.to_str().ok());
     if let Some(ms) = sleep_ms.and_then(|ms| ms.parse::<u64>().ok()) {
         wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
     }

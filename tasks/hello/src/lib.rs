@@ -39,9 +39,12 @@ impl Guest for Hello {
         let body = response.body().expect("body is taken once");
         ResponseOutparam::set(out, Ok(response));
         let stream = body.write().expect("stream is taken once");
-        stream
-            .blocking_write_and_flush(text.as_bytes())
-            .expect("host accepts the body");
+        // The host takes at most 4,096 bytes per blocking write.
+        for piece in text.as_bytes().chunks(4096) {
+            stream
+                .blocking_write_and_flush(piece)
+                .expect("host accepts the body");
+        }
         drop(stream);
         OutgoingBody::finish(body, None).expect("body is complete");
     }

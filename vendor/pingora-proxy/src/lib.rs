@@ -113,6 +113,21 @@ pub type ProcessCustomSession<SV, C> = Arc<
         + 'static,
 >;
 
+/// Poplar patch: request heads refused for taking too long (408), a request line too long
+/// (414) and header fields too large or too many (431), in this process.
+static HEADS_REFUSED: [std::sync::atomic::AtomicU64; 3] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// Poplar patch: how many request heads were refused so far, as `[408, 414, 431]`.
+pub fn refused_request_heads() -> [u64; 3] {
+    HEADS_REFUSED
+        .each_ref()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Shutdown [`Notify`] sharded by worker thread.
 ///
 /// Every request that parks in `read_request()` registers a shutdown waiter and
@@ -347,7 +362,23 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // Poplar patch: a head over the server's limits (414, 431) or too slow to
+                // arrive (408) gets its own status.
+                if let HTTPStatus(code @ (408 | 414 | 431)) = e.etype {
+                    debug!("Refused a request head: {e}");
+                    let counter = match code {
+                        408 => &HEADS_REFUSED[0],
+                        414 => &HEADS_REFUSED[1],
+                        _ => &HEADS_REFUSED[2],
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    downstream_session
+                        .respond_error(code)
+                        .await
+                        .unwrap_or_else(|e| {
+                            debug!("failed to send error response to downstream: {e}");
+                        });
+                } else if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

@@ -89,6 +89,10 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Poplar patch: limits on HTTP/1 request heads and idle kept-alive connections; `None`:
+    /// 0.9.1's (1 MiB heads, 256 fields, no head deadline, no idle limit after a request).
+    pub head_limits: Option<crate::protocols::http::v1::server::RequestHeadLimits>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -344,7 +348,11 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let head_limits = self.server_options().and_then(|o| o.head_limits);
             let mut session = ServerSession::new_http1(stream);
+            if let (Some(limits), ServerSession::H1(s)) = (head_limits, &mut session) {
+                s.set_head_limits(limits);
+            }
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -362,6 +370,9 @@ where
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let (Some(limits), ServerSession::H1(s)) = (head_limits, &mut session) {
+                    s.set_head_limits(limits);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

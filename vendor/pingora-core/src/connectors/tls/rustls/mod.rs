@@ -52,8 +52,10 @@ impl Connector {
 }
 
 pub struct TlsConnector {
-    config: Arc<RusTlsClientConfig>,
-    ca_certs: Arc<RootCertStore>,
+    /// The client config and its roots, made at first use when they are the platform's
+    /// (Poplar patch: a server that never dials TLS never reads the system's store).
+    made: std::sync::OnceLock<(Arc<RusTlsClientConfig>, Arc<RootCertStore>)>,
+    options: Option<ConnectorOptions>,
 }
 
 impl TlsConnector {
@@ -63,7 +65,31 @@ impl TlsConnector {
     {
         // rustls 0.23+ requires an explicit CryptoProvider.
         pingora_rustls::install_default_crypto_provider();
+        let eager = options
+            .as_ref()
+            .is_some_and(|o| o.ca_file.is_some() || o.cert_key_file.is_some());
+        let connector = TlsConnector {
+            made: std::sync::OnceLock::new(),
+            options,
+        };
+        // Files named in the options are read now, so a bad one fails at start.
+        if eager {
+            connector.made()?;
+        }
+        Ok(Connector {
+            ctx: Arc::new(connector),
+        })
+    }
 
+    fn made(&self) -> Result<&(Arc<RusTlsClientConfig>, Arc<RootCertStore>)> {
+        if let Some(made) = self.made.get() {
+            return Ok(made);
+        }
+        let made = Self::make(self.options.as_ref())?;
+        Ok(self.made.get_or_init(|| made))
+    }
+
+    fn make(options: Option<&ConnectorOptions>) -> Result<(Arc<RusTlsClientConfig>, Arc<RootCertStore>)> {
         // NOTE: Rustls only supports TLS 1.2 & 1.3
 
         // TODO: currently using Rustls defaults
@@ -75,17 +101,17 @@ impl TlsConnector {
             let mut ca_certs = RootCertStore::empty();
             let mut certs_key = None;
 
-            if let Some(conf) = options.as_ref() {
+            if let Some(conf) = options {
                 if let Some(ca_file_path) = conf.ca_file.as_ref() {
                     load_ca_file_into_store(ca_file_path, &mut ca_certs)?;
                 } else {
-                    load_platform_certs_incl_env_into_store(&mut ca_certs)?;
+                    ca_certs = platform_roots()?;
                 }
                 if let Some((cert, key)) = conf.cert_key_file.as_ref() {
                     certs_key = load_certs_and_key_files(cert, key)?;
                 }
             } else {
-                load_platform_certs_incl_env_into_store(&mut ca_certs)?;
+                ca_certs = platform_roots()?;
             }
 
             (ca_certs, certs_key)
@@ -111,19 +137,27 @@ impl TlsConnector {
         };
 
         // Enable SSLKEYLOGFILE support for debugging TLS traffic
-        if let Some(options) = options.as_ref() {
+        if let Some(options) = options {
             if options.debug_ssl_keylog {
                 config.key_log = Arc::new(KeyLogFile::new());
             }
         }
 
-        Ok(Connector {
-            ctx: Arc::new(TlsConnector {
-                config: Arc::new(config),
-                ca_certs: Arc::new(ca_certs),
-            }),
-        })
+        Ok((Arc::new(config), Arc::new(ca_certs)))
     }
+}
+
+/// The platform's root certificates, read from disk once per process (Poplar patch): each
+/// connector built read and parsed every file of the system's store (~4 ms each, several
+/// connectors at start), the most of a server's start-up.
+fn platform_roots() -> Result<RootCertStore> {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let mut roots = RootCertStore::empty();
+    load_platform_certs_incl_env_into_store(&mut roots)?;
+    Ok(ROOTS.get_or_init(|| roots).clone())
 }
 
 pub async fn connect<T, P>(
@@ -136,7 +170,7 @@ where
     T: IO,
     P: Peer + Send + Sync,
 {
-    let config = &tls_ctx.config;
+    let (config, ca_certs) = tls_ctx.made()?;
 
     // Build per-peer CA store if provided
     let peer_ca_store: Option<Arc<RootCertStore>> = if let Some(ca_list) = peer.get_ca() {
@@ -158,7 +192,7 @@ where
     };
 
     // Determine effective CA store for this connection
-    let effective_ca_store = peer_ca_store.as_ref().unwrap_or(&tls_ctx.ca_certs);
+    let effective_ca_store = peer_ca_store.as_ref().unwrap_or(ca_certs);
 
     let key_pair = peer.get_client_cert_key();
     let mut updated_config_opt: Option<RusTlsClientConfig> = match key_pair {

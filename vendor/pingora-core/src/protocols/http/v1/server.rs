@@ -158,6 +158,37 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Poplar patch: see [`RequestHeadLimits`].
+    head_limits: RequestHeadLimits,
+}
+
+/// Poplar patch: what a request head may take before it is refused, and how long a connection
+/// may wait for one. The defaults are 0.9.1's behaviour.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHeadLimits {
+    /// Bytes of request line and header fields together. Over it: `HTTPStatus(414)` while the
+    /// request line is not complete yet, `HTTPStatus(431)` after.
+    pub max_bytes: usize,
+    /// Header fields. Over it: `HTTPStatus(431)`. At most 256, what the parser holds.
+    pub max_headers: usize,
+    /// From a head's first byte to its end. Over it: `HTTPStatus(408)`.
+    pub timeout: Option<Duration>,
+    /// How long a connection may wait for its next request, kept alive (`None`: no limit).
+    pub idle: Option<Duration>,
+    /// The read timeout of the request body (`None`: the session's, 60 s).
+    pub body_timeout: Option<Duration>,
+}
+
+impl Default for RequestHeadLimits {
+    fn default() -> Self {
+        RequestHeadLimits {
+            max_bytes: MAX_HEADER_SIZE,
+            max_headers: MAX_HEADERS,
+            timeout: None,
+            idle: None,
+            body_timeout: None,
+        }
+    }
 }
 
 impl HttpSession {
@@ -206,6 +237,20 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            head_limits: RequestHeadLimits::default(),
+        }
+    }
+
+    /// Poplar patch: sets the limits on request heads (and the wait for the next one).
+    pub fn set_head_limits(&mut self, limits: RequestHeadLimits) {
+        self.head_limits = limits;
+        if let Some(body_timeout) = limits.body_timeout {
+            self.read_timeout = Some(body_timeout);
+        }
+        if let (Some(idle), KeepaliveStatus::Timeout(_) | KeepaliveStatus::Infinite) =
+            (limits.idle, &self.keepalive_timeout)
+        {
+            self.keepalive_timeout = KeepaliveStatus::Timeout(idle);
         }
     }
 
@@ -304,15 +349,18 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // Poplar patch: the head's deadline, from its first byte.
+        let mut head_deadline = None;
         loop {
-            if already_read > MAX_HEADER_SIZE {
+            let max_bytes = self.head_limits.max_bytes;
+            if already_read > max_bytes {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    format!("Request header larger than {MAX_HEADER_SIZE}"),
-                );
+                return head_too_large(&buf, max_bytes);
+            }
+            if head_deadline.is_none() && already_read > 0 {
+                head_deadline = self.head_limits.timeout.map(|t| tokio::time::Instant::now() + t);
             }
 
             // On the first iteration after a pipelined prefix was injected,
@@ -323,7 +371,25 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = match head_deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(
+                        deadline,
+                        self.read_request_buf(&mut buf, already_read),
+                    )
+                    .await
+                    {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            return Error::e_explain(
+                                HTTPStatus(408),
+                                "the request head did not arrive in time",
+                            )
+                        }
+                    }
+                }
+                None => self.read_request_buf(&mut buf, already_read).await?,
+            } {
                 already_read += n;
             } else {
                 return Ok(None);
@@ -336,6 +402,16 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        // Poplar patch: a head read whole in one go is held to the limits too.
+                        if s > self.head_limits.max_bytes {
+                            return head_too_large(&buf, self.head_limits.max_bytes);
+                        }
+                        if req.headers.len() > self.head_limits.max_headers {
+                            return Error::e_explain(
+                                HTTPStatus(431),
+                                format!("more than {} header fields", self.head_limits.max_headers),
+                            );
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -463,6 +539,14 @@ impl HttpSession {
                                     e,
                                 );
                             }
+                        }
+                        // Poplar patch: too many fields is the client's head being too
+                        // large (431), not a malformed one.
+                        httparse::Error::TooManyHeaders => {
+                            return Error::e_explain(
+                                HTTPStatus(431),
+                                format!("more than {MAX_HEADERS} header fields"),
+                            );
                         }
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
@@ -797,6 +881,14 @@ impl HttpSession {
     /// Apply keepalive settings according to the client
     /// For HTTP 1.1, assume keepalive as long as there is no `Connection: Close` request header.
     /// For HTTP 1.0, only keepalive if there is an explicit header `Connection: keep-alive`.
+    /// Poplar patch: keep the connection alive for the idle limit, or without a limit.
+    fn keep_alive_idle(&mut self) {
+        self.keepalive_timeout = match self.head_limits.idle {
+            Some(idle) => KeepaliveStatus::Timeout(idle),
+            None => KeepaliveStatus::Infinite,
+        };
+    }
+
     pub fn respect_keepalive(&mut self) {
         if let Some(keepalive) = self.is_connection_keepalive() {
             if keepalive {
@@ -804,13 +896,13 @@ impl HttpSession {
                 // TODO: respect max_use
                 match timeout {
                     Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
+                    None => self.keep_alive_idle(), // infinite, or the idle limit
                 }
             } else {
                 self.set_keepalive(None);
             }
         } else if self.req_header().version == Version::HTTP_11 {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
+            self.keep_alive_idle(); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
         }
@@ -848,7 +940,12 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
+            // Poplar patch: a `Date` the response has (an origin's, a cached response's) is
+            // kept; one is added only where there is none (RFC 9110, 6.6.1). Replacing it made
+            // a cached response's `Date` disagree with its `Age`.
+            if !header.headers.contains_key(header::DATE) {
+                header.insert_header(header::DATE, date::get_cached_date())?;
+            }
 
             // TODO: make these lazy static
             let connection_value = if self.will_keepalive() {
@@ -1804,6 +1901,23 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
+/// Poplar patch: a head over `max_bytes`: 414 when its request line alone does not fit,
+/// 431 when the header fields are what does not.
+fn head_too_large<T>(buf: &[u8], max_bytes: usize) -> Result<T> {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    if line_end.is_some_and(|end| end < max_bytes) {
+        Error::e_explain(
+            HTTPStatus(431),
+            format!("request header fields larger than {max_bytes} bytes"),
+        )
+    } else {
+        Error::e_explain(
+            HTTPStatus(414),
+            format!("request line longer than {max_bytes} bytes"),
+        )
+    }
+}
+
 fn parse_req_buffer<'buf>(
     req: &mut httparse::Request<'_, 'buf>,
     buf: &'buf [u8],
