@@ -636,22 +636,30 @@ fn the_demo_takes_a_deployed_task_to_the_edge_and_follows_its_versions() {
             Some((resp.status().as_u16(), placement, resp.text().await.ok()?))
         })
     };
-    let up = (0..200).any(|_| {
+    let started = std::time::Instant::now();
+    let up = std::iter::from_fn(|| {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        get("/some/page").is_some_and(|(status, _, _)| status == 200)
-    });
+        (started.elapsed() < common::PATIENCE)
+            .then(|| get("/some/page").is_some_and(|(status, _, _)| status == 200))
+    })
+    .any(|up| up);
     assert!(up, "the demo did not come up");
 
     let hello = deploy("hello.wasm");
     // hello answers a greeting; echo, for a GET, an empty body.
     let hello_ran = |body: &str| body.starts_with("Hello, world!");
     let inline_with = |ran: &dyn Fn(&str) -> bool| {
-        (0..300).any(|_| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < common::PATIENCE {
             std::thread::sleep(std::time::Duration::from_millis(30));
-            get("/greet/demo").is_some_and(|(status, placement, body)| {
+            let inline = get("/greet/demo").is_some_and(|(status, placement, body)| {
                 status == 200 && placement == "edge; reason=hot" && ran(&body)
-            })
-        })
+            });
+            if inline {
+                return true;
+            }
+        }
+        false
     };
     assert!(inline_with(&hello_ran), "hello never ran at the edge");
     deploy("echo.wasm");

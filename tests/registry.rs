@@ -329,7 +329,8 @@ fn edge_from_registry(
 /// 15 s pass; the placements seen on the way.
 async fn until_inline_with(edge: &common::Edge, admin: SocketAddr, digest: &str) -> Vec<String> {
     let mut seen = Vec::new();
-    for _ in 0..300 {
+    let started = std::time::Instant::now();
+    while started.elapsed() < common::PATIENCE {
         let resp = client()
             .get(format!("{}/greet/x", edge.base))
             .send()

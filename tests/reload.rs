@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{client, free_addr, start_file, tasks_dir};
@@ -53,8 +53,8 @@ struct Seen {
     answer: Answer,
 }
 
-/// Asks `/t` on one keep-alive connection until `stop`.
-async fn keep_asking(base: String, stop: Arc<AtomicBool>) -> Vec<Seen> {
+/// Asks `/t` on one keep-alive connection until `stop`, counting answers in `answers`.
+async fn keep_asking(base: String, stop: Arc<AtomicBool>, answers: Arc<AtomicUsize>) -> Vec<Seen> {
     let client = client();
     let mut seen = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -79,6 +79,7 @@ async fn keep_asking(base: String, stop: Arc<AtomicBool>) -> Vec<Seen> {
             status,
             answer,
         });
+        answers.fetch_add(1, Ordering::Relaxed);
     }
     seen
 }
@@ -101,16 +102,35 @@ async fn reloads_under_load_lose_no_request_and_each_request_sees_the_config_it_
     let base = format!("http://{listen}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(keep_asking(base.clone(), stop.clone())))
+    let answers = Arc::new(AtomicUsize::new(0));
+    const CLIENTS: usize = 4;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(keep_asking(base.clone(), stop.clone(), answers.clone())))
         .collect();
+    // Between two reloads, at least 60 ms and `BETWEEN` requests sent after the first was
+    // answered: each client's request in flight at that moment, then `BETWEEN` more. Waiting
+    // for answers, not only for time, keeps every window judged however slow the machine is.
+    const BETWEEN: usize = 20;
+    let between = || {
+        let answers = &answers;
+        let from = answers.load(Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let started = Instant::now();
+            while answers.load(Ordering::Relaxed) < from + CLIENTS + BETWEEN
+                && started.elapsed() < common::PATIENCE
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     let mut swaps = vec![Swap {
         asked: Instant::now(),
         answered: Instant::now(),
         in_force: Answer::Hello,
     }];
     for i in 0..21 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        between().await;
         let (text, in_force) = match i {
             // An invalid config: refused whole, the one in force goes on.
             10 => (
@@ -139,7 +159,7 @@ async fn reloads_under_load_lose_no_request_and_each_request_sees_the_config_it_
             in_force,
         });
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    between().await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
     for c in clients {
@@ -176,8 +196,13 @@ async fn reloads_under_load_lose_no_request_and_each_request_sees_the_config_it_
         count(hello),
         count(echo)
     );
-    // Not a vacuous check: a good share of the requests fell between two reloads.
-    assert!(judged * 4 > seen.len(), "{judged} of {} judged", seen.len());
+    // Not a vacuous check: every window between two reloads had its requests judged.
+    let windows = swaps.len();
+    assert!(
+        judged >= windows * BETWEEN,
+        "{judged} of {} judged over {windows} windows",
+        seen.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

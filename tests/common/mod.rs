@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use poplar::server::Running;
 
+/// How long a test waits for what the machine's load can delay (an edge's compile, which runs
+/// at nice 19 on the cycles traffic leaves): long, since a loaded CI machine is slow, and
+/// bounded. Tests wait by time, never by a count of tries.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 /// Where `scripts/build-tasks.sh` puts the components.
 pub fn tasks_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tasks/dist");
