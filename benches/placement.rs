@@ -74,7 +74,7 @@ fn placement(c: &mut Criterion) {
 
     let specs = (0..4).map(|i| RegionSpec {
         name: format!("r{i}"),
-        address: ([127, 0, 0, 1], 8000 + i).into(),
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], 8000 + i)).into(),
     });
     let regions = Regions::new(specs.collect(), HealthSpec::default());
     for i in 0..4 {

@@ -357,7 +357,7 @@ pub fn edge_config(addrs: &DemoAddrs, tasks_dir: &Path, key: ForwardingKey) -> C
             .iter()
             .map(|&(name, address)| RegionSpec {
                 name: name.to_string(),
-                address,
+                address: address.into(),
             })
             .collect(),
         health: HealthSpec::default(),

@@ -22,6 +22,7 @@ pub mod placement;
 pub mod proxy;
 pub mod regions;
 pub mod registry;
+pub mod resolve;
 pub mod routing;
 pub mod server;
 pub mod tls;

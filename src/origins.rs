@@ -11,11 +11,10 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use pingora_core::server::ShutdownWatch;
@@ -25,6 +24,7 @@ use pingora_core::utils::tls::WrappedX509;
 use pingora_http::RequestHeader;
 
 use crate::config::{Balance, OriginSpec, ServerSpec};
+use crate::resolve::Resolved;
 use crate::upstream::Client;
 
 /// Every pool of a config, by name.
@@ -92,19 +92,15 @@ impl Origins {
                     origin: pool.spec.name.clone(),
                     server: server.spec.to_string(),
                     addresses: server
-                        .addrs
-                        .load()
+                        .name
+                        .addrs()
                         .iter()
                         .map(ToString::to_string)
                         .collect(),
                     in_service: server.in_service(now),
                     healthy: server.healthy.load(Ordering::Relaxed),
                     ejected: server.ejected_until.load(Ordering::Relaxed) > now,
-                    unresolved: server
-                        .unresolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone(),
+                    unresolved: server.name.unresolved(),
                 });
             }
         }
@@ -127,10 +123,8 @@ pub struct Pool {
 /// One server of a pool and what is known of it.
 pub struct Server {
     pub spec: ServerSpec,
-    addrs: ArcSwap<Vec<SocketAddr>>,
-    next_addr: AtomicUsize,
-    /// Why the name has no address, while it has none.
-    unresolved: Mutex<Option<String>>,
+    /// Its host's addresses.
+    name: Resolved,
     /// Failed active checks in a row; out of service at the pool's `unhealthy_after`.
     probe_failures: AtomicU32,
     healthy: AtomicBool,
@@ -172,89 +166,37 @@ fn now_ms() -> u64 {
 
 impl Server {
     fn new(spec: &ServerSpec, before: Option<&Server>) -> Server {
-        let server = Server {
+        let name = Resolved::new(
+            format!("origin {spec}"),
+            &spec.host,
+            spec.port,
+            before.map(|old| &old.name),
+        );
+        // A name carried over with its addresses keeps what its checks found.
+        let healthy = match before {
+            Some(old) if spec.ip().is_none() && old.name.has_addrs() => {
+                old.healthy.load(Ordering::Relaxed)
+            }
+            _ => true,
+        };
+        Server {
             spec: spec.clone(),
-            addrs: ArcSwap::from_pointee(Vec::new()),
-            next_addr: AtomicUsize::new(0),
-            unresolved: Mutex::new(None),
+            name,
             probe_failures: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(healthy),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-        };
-        match (spec.ip(), before) {
-            (Some(ip), _) => server
-                .addrs
-                .store(Arc::new(vec![SocketAddr::new(ip, spec.port)])),
-            (None, Some(old)) if !old.addrs.load().is_empty() => {
-                server.addrs.store(old.addrs.load_full());
-                server
-                    .healthy
-                    .store(old.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-            (None, _) => server.resolve_now(),
-        }
-        server
-    }
-
-    /// Resolves the name on this thread (config loads only).
-    fn resolve_now(&self) {
-        use std::net::ToSocketAddrs;
-        let found = (self.spec.host.as_str(), self.spec.port)
-            .to_socket_addrs()
-            .map(|a| a.collect::<Vec<_>>());
-        self.resolved(found);
-    }
-
-    /// Takes a resolution's outcome: new addresses, or the last good ones kept.
-    fn resolved(&self, found: std::io::Result<Vec<SocketAddr>>) {
-        let mut unresolved = self.unresolved.lock().unwrap_or_else(|p| p.into_inner());
-        match found {
-            Ok(addrs) if !addrs.is_empty() => {
-                if unresolved.take().is_some() || **self.addrs.load() != addrs {
-                    log::info!(
-                        "origin {}: {} resolves to {addrs:?}",
-                        self.spec,
-                        self.spec.host
-                    );
-                }
-                self.addrs.store(Arc::new(addrs));
-            }
-            outcome => {
-                let why = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "no addresses".to_string(),
-                };
-                let kept = self.addrs.load();
-                if kept.is_empty() {
-                    log::warn!(
-                        "origin {}: {} does not resolve: {why}",
-                        self.spec,
-                        self.spec.host
-                    );
-                } else {
-                    log::warn!(
-                        "origin {}: {} stopped resolving ({why}); keeping {:?}",
-                        self.spec,
-                        self.spec.host,
-                        **kept
-                    );
-                }
-                *unresolved = Some(why);
-            }
         }
     }
 
     fn in_service(&self, now: u64) -> bool {
-        !self.addrs.load().is_empty()
+        self.name.has_addrs()
             && self.healthy.load(Ordering::Relaxed)
             && self.ejected_until.load(Ordering::Relaxed) <= now
     }
 
     fn addr(&self) -> Option<SocketAddr> {
-        let addrs = self.addrs.load();
-        let i = self.next_addr.fetch_add(1, Ordering::Relaxed);
-        addrs.get(i % addrs.len().max(1)).copied()
+        self.name.next()
     }
 }
 
@@ -305,7 +247,7 @@ impl Pool {
             }
         };
         let server = choose(&|i| self.servers[i].in_service(now))
-            .or_else(|| choose(&|i| !self.servers[i].addrs.load().is_empty()));
+            .or_else(|| choose(&|i| self.servers[i].name.has_addrs()));
         let Some(server) = server else {
             return Err(self.why_none(tried));
         };
@@ -318,8 +260,7 @@ impl Pool {
     fn why_none(&self, tried: Tried) -> String {
         let mut reasons = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
-            let unresolved = server.unresolved.lock().unwrap_or_else(|p| p.into_inner());
-            let why = match (&*unresolved, tried.has(i)) {
+            let why = match (server.name.unresolved(), tried.has(i)) {
                 (_, true) => "tried".to_string(),
                 (Some(why), false) => format!("{} never resolved: {why}", server.spec.host),
                 (None, false) => "no address".to_string(),
@@ -335,7 +276,7 @@ impl Pool {
 
     /// Whether a server other than those `tried` has an address to try.
     pub fn has_untried(&self, tried: Tried) -> bool {
-        (0..self.servers.len()).any(|i| !tried.has(i) && !self.servers[i].addrs.load().is_empty())
+        (0..self.servers.len()).any(|i| !tried.has(i) && self.servers[i].name.has_addrs())
     }
 
     /// The peer to reach `pick` at: its address, TLS with the server's name for SNI and
@@ -463,15 +404,7 @@ impl BackgroundService for Keeper {
 }
 
 async fn resolve(pool: Arc<Pool>, server: usize) {
-    let spec = &pool.servers[server].spec;
-    let target = (spec.host.clone(), spec.port);
-    let found =
-        tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(target)).await;
-    let found = match found {
-        Ok(found) => found.map(|a| a.collect()),
-        Err(_) => Err(std::io::Error::other("timed out after 10s")),
-    };
-    pool.servers[server].resolved(found);
+    pool.servers[server].name.refresh().await;
 }
 
 async fn check(pool: Arc<Pool>, server: usize, client: Arc<Client>) {

@@ -26,7 +26,7 @@ impl Default for Setup<'_> {
         Setup {
             placement: "{ hot_threshold: 3 }",
             admin: None,
-            health: "{ interval: 100ms, timeout: 500ms, unhealthy_after: 1 }",
+            health: "{ interval: 100ms, timeout: 2s, unhealthy_after: 1 }",
             wstd_limits: "{ memory: 16MiB, timeout: 3s, max_body: 64KiB }",
             routes: AUTO_ROUTES,
         }
@@ -664,4 +664,44 @@ async fn every_region_refusing_the_connection_is_503_no_region() {
             assert_eq!(resp.headers()["x-poplar-error"], "no-region");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regions_named_by_dns_are_resolved_and_one_that_never_resolves_is_passed_over() {
+    let key = Key::new();
+    let region = start_region(&key, &["hello"]);
+    let admin = common::free_addr();
+    // The home region's name never resolves; the other is `localhost`, as a Kubernetes
+    // Service name would be given.
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 100ms, timeout: 2s, resolve_every: 1s }}\nregions:\n  nowhere: {{ address: \"no-such-host.invalid:80\" }}\n  named: {{ address: \"localhost:{}\" }}\ntasks:\n  hello: {{ wasm: hello.wasm }}\nroutes:\n  - match: {{ path_prefix: /hello }}\n    task: hello\n    placement: region\n    region: nowhere\n",
+        key.path(),
+        region.addr.port()
+    ));
+    for _ in 0..3 {
+        let resp = client()
+            .get(format!("{}/hello?name=dns", edge.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(placement(&resp), "region; name=named; reason=pinned");
+        assert!(resp.text().await.unwrap().starts_with("Hello, dns!"));
+    }
+    let stats = common::admin_stats(admin).await;
+    let regions = stats["regions"].as_array().unwrap();
+    let by_name = |name: &str| regions.iter().find(|r| r["name"] == name).unwrap();
+    let named = by_name("named");
+    assert_eq!(
+        named["address"],
+        format!("localhost:{}", region.addr.port())
+    );
+    assert_eq!(
+        named["resolved"],
+        serde_json::json!([region.addr.to_string()])
+    );
+    assert_eq!(named["healthy"], true, "{named}");
+    let nowhere = by_name("nowhere");
+    assert_eq!(nowhere["resolved"], serde_json::json!([]));
+    assert!(nowhere["unresolved"].is_string(), "{nowhere}");
 }

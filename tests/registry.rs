@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use common::{Key, client, start_edge};
 
 const TOKEN: &str = "test-deploy-token-0123456789";
-/// Limits within an edge's default inline limits.
-const FITS: &str = "memory=32MiB&timeout=100ms";
+/// Limits within the inline limits of [`edge_from_registry`]'s edges (a deadline that a
+/// loaded machine's scheduler cannot miss).
+const FITS: &str = "memory=32MiB&timeout=2s";
 
 /// A region with a registry in `dir` (and `echo` in its config file), its admin at `admin`.
 fn registry_region(key: &Key, dir: &std::path::Path, admin: SocketAddr) -> common::Edge {
@@ -320,7 +321,7 @@ fn edge_from_registry(
         format!("code_cache: {{ dir: \"{}\" }}\n", d.display())
     });
     start_edge(&format!(
-        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\n{cache}forwarding: {{ key_file: {} }}\nhealth: {{ interval: 200ms }}\nplacement: {{ hot_threshold: 2, cool_threshold: 1, cooldown: 1m }}\nregions:\n  west: {{ address: \"{region}\" }}\ntasks:\n  greet: {{}}\nroutes:\n  - match: {{ path_prefix: /greet }}\n    task: greet\n    region: west\n",
+        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\n{cache}forwarding: {{ key_file: {} }}\nhealth: {{ interval: 200ms }}\nplacement: {{ hot_threshold: 2, cool_threshold: 1, cooldown: 1m, inline_limits: {{ timeout: 2s }} }}\nregions:\n  west: {{ address: \"{region}\" }}\ntasks:\n  greet: {{}}\nroutes:\n  - match: {{ path_prefix: /greet }}\n    task: greet\n    region: west\n",
         key.path()
     ))
 }

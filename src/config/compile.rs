@@ -12,8 +12,8 @@ use super::source::{Reported, join};
 use super::units::Dur;
 use super::{
     AccessLogSpec, AdminSpec, CacheSpec, Config, DEFAULT_ADMIN, HealthSpec, KeySource, Limits,
-    LogTarget, Match, Mode, PathMatch, PlacementSpec, RegionSpec, Role, RouteCache, RouteSpec,
-    Target, TaskSpec,
+    LogTarget, Match, Mode, PathMatch, PlacementSpec, RegionAddress, RegionSpec, Role, RouteCache,
+    RouteSpec, Target, TaskSpec,
 };
 
 /// Most inline executions one server may run at once (each reserves pool address space).
@@ -351,10 +351,11 @@ fn regions(regions: BTreeMap<String, schema::Region>, r: &mut Reported) -> Vec<R
         if !valid_name(&name) {
             r.error(format!("regions.{name}"), NAME_RULE);
         }
-        specs.push(RegionSpec {
-            name,
-            address: region.address,
-        });
+        match RegionAddress::parse(&region.address) {
+            Ok(address) => specs.push(RegionSpec { name, address }),
+            // The error stops the config; routes naming it are judged by the declared names.
+            Err(e) => r.error(format!("regions.{name}.address"), e),
+        }
     }
     specs
 }
@@ -365,6 +366,7 @@ fn health(h: schema::Health, r: &mut Reported) -> HealthSpec {
         interval: h.interval.map_or(default.interval, |d| d.0),
         timeout: h.timeout.map_or(default.timeout, |d| d.0),
         unhealthy_after: h.unhealthy_after.unwrap_or(default.unhealthy_after),
+        resolve_every: h.resolve_every.map_or(default.resolve_every, |d| d.0),
     };
     if spec.interval < Duration::from_millis(10) {
         r.error("health.interval", "must be at least 10ms");
@@ -374,6 +376,9 @@ fn health(h: schema::Health, r: &mut Reported) -> HealthSpec {
     }
     if spec.unhealthy_after == 0 {
         r.error("health.unhealthy_after", "must be at least 1");
+    }
+    if spec.resolve_every < Duration::from_secs(1) {
+        r.error("health.resolve_every", "must be at least 1s");
     }
     spec
 }

@@ -209,7 +209,50 @@ impl Default for PlacementSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionSpec {
     pub name: String,
-    pub address: SocketAddr,
+    pub address: RegionAddress,
+}
+
+/// Where a region's proxy listens: an IP address, or a DNS name (a Kubernetes Service's, say)
+/// resolved at load and again in the background; and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegionAddress {
+    /// Lower-case; an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl RegionAddress {
+    /// `ip:port` or `name:port`: no scheme, no path.
+    pub fn parse(text: &str) -> Result<RegionAddress, String> {
+        if text.contains("://") {
+            return Err(format!(
+                "{text:?}: a region's address is host:port, without a scheme"
+            ));
+        }
+        let server = ServerSpec::parse(text)?;
+        Ok(RegionAddress {
+            host: server.host,
+            port: server.port,
+        })
+    }
+}
+
+impl From<SocketAddr> for RegionAddress {
+    fn from(addr: SocketAddr) -> RegionAddress {
+        RegionAddress {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for RegionAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// `code_cache:` the folder compiled code is kept in, and its bound.
@@ -283,6 +326,8 @@ pub struct HealthSpec {
     pub timeout: Duration,
     /// Consecutive failed probes before a region is taken out.
     pub unhealthy_after: u32,
+    /// How often a region named by DNS is resolved again.
+    pub resolve_every: Duration,
 }
 
 impl Default for HealthSpec {
@@ -291,6 +336,7 @@ impl Default for HealthSpec {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
             unhealthy_after: 2,
+            resolve_every: Duration::from_secs(30),
         }
     }
 }

@@ -296,8 +296,9 @@ pub struct Placement {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
-    /// `ip:port` of the region's proxy listener.
-    pub address: SocketAddr,
+    /// The region's proxy listener: `ip:port`, or `name:port` (a DNS name, resolved at load
+    /// and again in the background, never on a request's path).
+    pub address: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -307,6 +308,8 @@ pub struct Health {
     pub timeout: Option<Dur>,
     /// Consecutive failed probes before a region is taken out.
     pub unhealthy_after: Option<u32>,
+    /// How often a region named by DNS is resolved again (default 30s, at least 1s).
+    pub resolve_every: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -95,7 +95,7 @@ fn ten_mistakes_are_listed_at_once_with_the_wasm_files() {
 listen: 127.0.0.1:8080
 threads: many
 regions:
-  east: { address: "east.example:80" }
+  east: { address: "https://east.example" }
   west: { adress: "127.0.0.1:1" }
 cache: { memory: 1KiB }
 tasks:
@@ -114,7 +114,7 @@ routes:
     let got = errors(yaml);
     let expected = [
         "threads: invalid type: string \"many\", expected usize (line 3, column 10)",
-        "regions.east.address: invalid socket address syntax (line 5, column 20)",
+        "regions.east.address: \"https://east.example\": a region's address is host:port, without a scheme (line 5, column 20)",
         "regions.west.address: missing (line 6, column 9)",
         "regions.west.adress: unknown field `adress`, expected `address` (line 6, column 19)",
         "cache.memory: must be at least 1MiB (line 7, column 18)",

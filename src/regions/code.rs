@@ -106,7 +106,8 @@ impl CodeWatch {
             body: &body,
         };
         signing::sign_request(&key.0, &mut head, &forwarding).map_err(|e| e.to_string())?;
-        let peer = upstream::region_peer(spec.address, Duration::from_secs(30));
+        let addr = view.regions.addr(i).ok_or("no address")?;
+        let peer = upstream::region_peer(addr, Duration::from_secs(30));
         let answer = self
             .client
             .exchange(&peer, head, Bytes::new(), limit)

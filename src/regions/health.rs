@@ -45,7 +45,12 @@ impl HealthChecker {
             .iter()
             .enumerate()
             .map(|(i, spec)| async move {
-                let outcome = probe(&self.client, spec.address, regions.health.timeout).await;
+                let Some(addr) = regions.addr(i) else {
+                    let why = "the name has no address";
+                    return regions.record_probe(i, Err(why.into()));
+                };
+                let host = spec.address.to_string();
+                let outcome = probe(&self.client, &host, addr, regions.health.timeout).await;
                 regions.record_probe(i, outcome);
             });
         futures_util::future::join_all(probes).await;
@@ -55,8 +60,14 @@ impl HealthChecker {
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Names were resolved at load; again each `resolve_every`, before that round's probes.
+        let mut resolved = Instant::now();
         loop {
             let regions = self.regions.load_full();
+            if regions.has_names() && resolved.elapsed() >= regions.health.resolve_every {
+                resolved = Instant::now();
+                regions.resolve_names().await;
+            }
             self.probe_all(&regions).await;
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -69,6 +80,7 @@ impl BackgroundService for HealthChecker {
 /// One probe: `GET` the health path, expect a 200 within `timeout`.
 async fn probe(
     client: &Client,
+    host: &str,
     address: std::net::SocketAddr,
     timeout: Duration,
 ) -> Result<Probed, String> {
@@ -76,7 +88,7 @@ async fn probe(
     let attempt = async {
         let mut head =
             RequestHeader::build("GET", HEALTH_PATH.as_bytes(), None).map_err(|e| e.to_string())?;
-        head.insert_header(http::header::HOST, address.to_string())
+        head.insert_header(http::header::HOST, host)
             .map_err(|e| e.to_string())?;
         let peer = upstream::region_peer(address, timeout);
         let answer = client

@@ -6,10 +6,12 @@ pub mod health;
 pub mod select;
 pub mod signing;
 
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::{HealthSpec, RegionSpec};
+use crate::resolve::Resolved;
 use select::RegionView;
 
 pub use health::HealthChecker;
@@ -26,6 +28,8 @@ const ROUND_TRIP: Duration = Duration::from_secs(1);
 /// The regions of an edge and what it has learned of them.
 pub struct Regions {
     specs: Vec<RegionSpec>,
+    /// Each region's addresses (a name's resolved in the background by [`HealthChecker`]).
+    addresses: Vec<Resolved>,
     states: Vec<Mutex<RegionState>>,
     health: HealthSpec,
 }
@@ -46,6 +50,11 @@ struct RegionState {
 pub struct RegionStatus {
     pub name: String,
     pub address: String,
+    /// What the address resolves to now (a name's last good addresses).
+    pub resolved: Vec<String>,
+    /// Why a named region has no address (or stopped resolving), while that holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
     pub healthy: bool,
     pub latency_ms: Option<f64>,
     pub forward_failures: u64,
@@ -56,6 +65,30 @@ pub struct RegionStatus {
 
 impl Regions {
     pub fn new(specs: Vec<RegionSpec>, health: HealthSpec) -> Regions {
+        Regions::with_addresses(specs, health, None)
+    }
+
+    /// Names are resolved now (config loads only), unless `old` knows the same region's.
+    fn with_addresses(
+        specs: Vec<RegionSpec>,
+        health: HealthSpec,
+        old: Option<&Regions>,
+    ) -> Regions {
+        let addresses = specs
+            .iter()
+            .map(|spec| {
+                let before = old.and_then(|o| {
+                    let k = o.specs.iter().position(|s| s == spec)?;
+                    o.addresses.get(k)
+                });
+                Resolved::new(
+                    format!("region {}", spec.name),
+                    &spec.address.host,
+                    spec.address.port,
+                    before,
+                )
+            })
+            .collect();
         // Regions start healthy: the first probes follow at once and correct that.
         let states = specs
             .iter()
@@ -71,6 +104,7 @@ impl Regions {
             .collect();
         Regions {
             specs,
+            addresses,
             states,
             health,
         }
@@ -79,7 +113,7 @@ impl Regions {
     /// The regions of a reloaded config: a region kept (same name and address) keeps its
     /// health and latency; a new one starts healthy, as at start.
     pub fn carried(specs: Vec<RegionSpec>, health: HealthSpec, old: &Regions) -> Regions {
-        let regions = Regions::new(specs, health);
+        let regions = Regions::with_addresses(specs, health, Some(old));
         for (i, spec) in regions.specs.iter().enumerate() {
             let kept = old.specs.iter().position(|o| o == spec);
             if let Some(state) = kept.and_then(|k| old.state(k)) {
@@ -106,6 +140,22 @@ impl Regions {
         self.specs.iter().position(|r| r.name == name)
     }
 
+    /// The address to reach region `i` at now (round robin over a name's addresses).
+    pub fn addr(&self, i: usize) -> Option<SocketAddr> {
+        self.addresses.get(i)?.next()
+    }
+
+    /// Resolves the regions named by DNS again.
+    pub async fn resolve_names(&self) {
+        let names = self.addresses.iter().filter(|a| a.is_name());
+        futures_util::future::join_all(names.map(Resolved::refresh)).await;
+    }
+
+    /// Whether any region is named by DNS.
+    pub fn has_names(&self) -> bool {
+        self.addresses.iter().any(Resolved::is_name)
+    }
+
     fn state(&self, i: usize) -> Option<RegionState> {
         let state = self.states.get(i)?;
         Some(*state.lock().unwrap_or_else(|p| p.into_inner()))
@@ -120,9 +170,10 @@ impl Regions {
     /// The region for the next attempt of a forward (see [`select::choose`]).
     fn choose(&self, home: Option<usize>, tried: &[usize]) -> Option<usize> {
         let views: Vec<RegionView> = (0..self.specs.len())
-            .filter_map(|i| self.state(i))
-            .map(|s| RegionView {
-                healthy: s.healthy,
+            .filter_map(|i| Some((self.state(i)?, self.addresses.get(i)?)))
+            .map(|(s, addresses)| RegionView {
+                // A name that never resolved has nowhere to send to.
+                healthy: s.healthy && addresses.has_addrs(),
                 latency_ms: s.latency_ms,
             })
             .collect();
@@ -197,9 +248,12 @@ impl Regions {
             .enumerate()
             .filter_map(|(i, spec)| {
                 let s = self.state(i)?;
+                let addresses = self.addresses.get(i)?;
                 Some(RegionStatus {
                     name: spec.name.clone(),
                     address: spec.address.to_string(),
+                    resolved: addresses.addrs().iter().map(ToString::to_string).collect(),
+                    unresolved: addresses.unresolved(),
                     healthy: s.healthy,
                     forward_timeout_ms: self.forward_timeout(i).as_millis() as u64,
                     latency_ms: s.latency_ms,
@@ -247,7 +301,8 @@ impl Attempts {
     ) -> Option<(&'r RegionSpec, pingora_core::upstreams::peer::HttpPeer)> {
         let spec = self.next(regions)?;
         let i = self.current.map(|(i, _)| i)?;
-        let peer = crate::upstream::region_peer(spec.address, regions.forward_timeout(i));
+        let addr = regions.addr(i)?;
+        let peer = crate::upstream::region_peer(addr, regions.forward_timeout(i));
         Some((spec, peer))
     }
 
@@ -293,7 +348,7 @@ mod tests {
     fn regions() -> Regions {
         let spec = |name: &str, port| RegionSpec {
             name: name.into(),
-            address: ([127, 0, 0, 1], port).into(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)).into(),
         };
         Regions::new(
             vec![spec("a", 1), spec("b", 2)],
