@@ -11,3 +11,5 @@ scripts/build-tasks.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+# The image and the Kubernetes manifests (with the binary the tests built).
+scripts/check-deploy.sh target/debug/poplar

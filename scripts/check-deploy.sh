@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Checks what deploys Poplar, as part of the test suite (scripts/test.sh):
+# - the Dockerfile's shape: two stages, the build stage runs the suite's own set-up and task
+#   scripts, the run stage is a non-root user with `poplar` as entrypoint, the example tasks
+#   and a health check on /_poplar/health;
+# - every Poplar config under deploy/ passes `poplar check`;
+# - every kustomize overlay renders (kubectl kustomize) and validates against the Kubernetes
+#   1.32 API schemas (kubernetes-validate from PyPI, pinned, in target/deploy-venv).
+# No container runtime is needed. Usage: scripts/check-deploy.sh [path/to/poplar]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+poplar=${1:-target/debug/poplar}
+fail() { echo "check-deploy: $*" >&2; exit 1; }
+
+python3 - Dockerfile <<'PY' || fail "Dockerfile: see above"
+import re, sys
+text = open(sys.argv[1]).read()
+lines = re.sub(r"\\\n", " ", text).splitlines()
+stages, current = [], None
+for line in lines:
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    word, _, rest = line.partition(" ")
+    word = word.upper()
+    if word == "FROM":
+        current = {"from": rest, "runs": [], "lines": []}
+        stages.append(current)
+    elif current is not None:
+        current["lines"].append((word, rest))
+        if word == "RUN":
+            current["runs"].append(rest)
+problems = []
+if len(stages) != 2:
+    problems.append(f"{len(stages)} stages, not 2 (build, run)")
+else:
+    build, run = stages
+    joined = " ".join(build["runs"])
+    for needed in ["scripts/setup.sh", "scripts/build-tasks.sh", "cargo build --release --locked"]:
+        if needed not in joined:
+            problems.append(f"the build stage does not run {needed!r}")
+    got = dict(run["lines"])
+    if got.get("USER", "0").split(":")[0] in ("0", "root"):
+        problems.append("the run stage runs as root")
+    if got.get("ENTRYPOINT") != '["poplar"]':
+        problems.append(f"entrypoint {got.get('ENTRYPOINT')!r}, not [\"poplar\"]")
+    if "/_poplar/health" not in got.get("HEALTHCHECK", ""):
+        problems.append("no HEALTHCHECK on /_poplar/health")
+    if "--from=build" not in " ".join(r for w, r in run["lines"] if w == "COPY"):
+        problems.append("the run stage copies nothing from the build stage")
+    if "tasks/dist/*.wasm" not in joined:
+        problems.append("the example tasks are not in the image")
+for p in problems:
+    print("Dockerfile:", p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+echo "check-deploy: Dockerfile ok" >&2
+
+# The configs the manifests mount, with the environment the pods give them.
+export POPLAR_FORWARDING_KEY=check-deploy-forwarding-key-0123456789
+export POPLAR_DEPLOY_TOKEN=check-deploy-deploy-token-0123
+export POPLAR_ADMIN_TOKEN=check-deploy-admin-token-0123
+for config in deploy/kubernetes/base/*.poplar.yaml; do
+  "$poplar" check -c "$config" >&2 || fail "$config does not pass poplar check"
+done
+
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "check-deploy: SKIPPED rendering and validating the manifests: no kubectl with kustomize on this machine" >&2
+  exit 0
+fi
+venv=target/deploy-venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.32.0
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for overlay in deploy/kubernetes/overlays/*/; do
+  name=$(basename "$overlay")
+  kubectl kustomize "$overlay" > "$out/$name.yaml" || fail "overlay $name does not render"
+  # Strict: unknown fields are errors. Kinds of other projects' CRDs (ServiceMonitor) have no
+  # schema here and are reported as warnings.
+  "$venv/bin/kubernetes-validate" -k 1.32.0 --strict --quiet "$out/$name.yaml" >&2 \
+    || fail "overlay $name does not validate against Kubernetes 1.32"
+  kinds=$(grep -c '^kind:' "$out/$name.yaml")
+  echo "check-deploy: overlay $name: $kinds resources, valid for Kubernetes 1.32" >&2
+done
