@@ -544,7 +544,7 @@ async fn a_reload_keeps_the_version_and_code_an_edge_took_from_its_regions() {
     let file = dir.path().join("edge.yaml");
     let text = |threshold: u32| {
         format!(
-            "role: edge\nlisten: \"{listen}\"\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 200ms }}\nplacement: {{ hot_threshold: {threshold}, cool_threshold: 1, cooldown: 1m }}\nregions:\n  west: {{ address: \"{}\" }}\ntasks:\n  greet: {{}}\nroutes:\n  - match: {{ path_prefix: /greet }}\n    task: greet\n    region: west\n",
+            "role: edge\nlisten: \"{listen}\"\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nforwarding: {{ key_file: {} }}\nhealth: {{ interval: 200ms }}\nplacement: {{ hot_threshold: {threshold}, cool_threshold: 1, cooldown: 1m, inline_limits: {{ timeout: 2s }} }}\nregions:\n  west: {{ address: \"{}\" }}\ntasks:\n  greet: {{}}\nroutes:\n  - match: {{ path_prefix: /greet }}\n    task: greet\n    region: west\n",
             key.path(),
             region.running.addr
         )
