@@ -176,3 +176,28 @@ async fn only_trusted_proxies_choose_the_forwarded_for_address() {
         "1.2.3.4, 5.6.7.8, 127.0.0.1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_answers_its_health_path_before_any_route() {
+    // A route for every path: the health path is the edge's own all the same, as a load
+    // balancer's or Kubernetes' probe expects.
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nroutes:\n  - match: {{ path_prefix: / }}\n    origin: \"{}\"\n",
+        origin.addr
+    ));
+    let resp = client()
+        .get(format!("{}/_poplar/health", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.text().await.unwrap(), "ok\n");
+    let resp = client()
+        .get(format!("{}/_poplar/healthy", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "origin GET /_poplar/healthy\n");
+}

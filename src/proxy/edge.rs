@@ -32,6 +32,7 @@ use crate::errors::ErrorKind;
 use crate::metrics::{Answered, Counters, InFlight, InFlightGuard, Latencies, RouteCounts, Site};
 use crate::origins::Origins;
 use crate::placement::{Placement, Placer, Reason};
+use crate::regions::health::HEALTH_PATH;
 use crate::regions::{Attempts, Regions, signing};
 use crate::registry::DIGEST_HEADER;
 use crate::routing::{Route, Router};
@@ -106,6 +107,8 @@ pub struct Ctx {
     /// This request's id in logs, the guest's included, and sent to a region with it: from
     /// `request_id_header` when the request has a usable one, else made here.
     request_id: Arc<str>,
+    /// A health probe's request (`GET /_poplar/health`): neither logged nor counted.
+    health: bool,
     /// Counts the request in flight until the context is dropped, after its logging.
     _in_flight: Option<InFlightGuard>,
 }
@@ -366,6 +369,7 @@ impl ProxyHttp for Edge {
             peer: None,
             tls: false,
             request_id: Arc::default(),
+            health: false,
             _in_flight: Some(self.parts.in_flight.enter()),
         }
     }
@@ -377,6 +381,15 @@ impl ProxyHttp for Edge {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         if refuse_bad_framing(session).await? {
+            return Ok(true);
+        }
+        // Every Poplar server answers its health path, before any route: what a load
+        // balancer, Kubernetes or the image's health check asks.
+        if session.req_header().uri.path() == HEALTH_PATH {
+            ctx.health = true;
+            let head = ResponseHeader::build(200, Some(4))?;
+            let body = Bytes::from_static(b"ok\n");
+            respond::ok(session, head, "text/plain", body).await?;
             return Ok(true);
         }
         strip_poplar_headers(session.req_header_mut());
@@ -473,6 +486,9 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.health {
+            return;
+        }
         // The cache answering instead of the origin or region is no failure of theirs.
         let e = e.filter(|e| !cached::is_answered_from_store(e));
         if e.is_none()

@@ -107,7 +107,7 @@ impl RegionServer {
         match answer {
             Ok((content_type, body)) => {
                 let head = ResponseHeader::build(200, Some(4))?;
-                answer_ok(session, head, content_type, body).await?;
+                respond::ok(session, head, content_type, body).await?;
             }
             Err(detail) => respond::error(session, ErrorKind::UnknownTask, &detail).await?,
         }
@@ -174,21 +174,7 @@ async fn health(
     if let Some(longest) = longest {
         head.insert_header(DEADLINE_HEADER, longest.as_millis().to_string())?;
     }
-    answer_ok(session, head, "text/plain", body).await
-}
-
-/// Sends `head` (a 200) with `body`, never to be cached.
-async fn answer_ok(
-    session: &mut Session,
-    mut head: ResponseHeader,
-    content_type: &str,
-    body: Bytes,
-) -> Result<()> {
-    head.insert_header("content-type", content_type.to_string())?;
-    head.insert_header("content-length", body.len())?;
-    head.insert_header("cache-control", "no-store")?;
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await
+    respond::ok(session, head, "text/plain", body).await
 }
 
 #[async_trait]

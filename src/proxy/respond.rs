@@ -12,6 +12,20 @@ use crate::errors::ErrorKind;
 /// `x-poplar-error`; logs it once, at the kind's level, with `detail` (which the client
 /// never sees: it may name internal addresses or a guest's backtrace). Does nothing if a
 /// response has already started.
+/// Sends `head` (a 200) with `body`, never to be cached.
+pub async fn ok(
+    session: &mut Session,
+    mut head: ResponseHeader,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    head.insert_header("content-type", content_type.to_string())?;
+    head.insert_header("content-length", body.len())?;
+    head.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 pub async fn error(session: &mut Session, kind: ErrorKind, detail: &str) -> Result<()> {
     error_with(session, kind, detail, None, None).await
 }
