@@ -85,3 +85,12 @@ for overlay in deploy/kubernetes/overlays/*/; do
   kinds=$(grep -c '^kind:' "$out/$name.yaml")
   echo "check-deploy: overlay $name: $kinds resources, valid for Kubernetes 1.32" >&2
 done
+# docs/DEPLOY.md's Secret for production, rendered as the client would send it.
+kubectl -n poplar create secret generic poplar-keys --dry-run=client -o yaml \
+  --from-literal=forwarding-key="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+  --from-literal=deploy-token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+  --from-literal=admin-token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+  > "$out/secret.yaml"
+"$venv/bin/kubernetes-validate" -k 1.32.0 --strict --quiet "$out/secret.yaml" >&2 \
+  || fail "the Secret of docs/DEPLOY.md does not validate"
+echo "check-deploy: docs/DEPLOY.md's Secret renders and validates" >&2
