@@ -1,7 +1,7 @@
 # Poplar's image: an edge or a region, chosen by the config it is given.
 #
 #   docker build -t poplar:dev .
-#   docker run --rm -p 8080:8080 -e POPLAR_FORWARDING_KEY=... poplar:dev serve -c /etc/poplar/edge.yaml
+#   docker run --rm -p 8080:8080 poplar:dev          # the example tasks: curl localhost:8080/hello
 #
 # Stage 1 builds the binary and the example tasks with the same scripts the test suite runs;
 # stage 2 is a small Debian with the binary, the tasks and the example configs, run as a user
@@ -14,11 +14,14 @@ COPY scripts/setup.sh scripts/setup.sh
 RUN scripts/setup.sh
 COPY . .
 RUN scripts/build-tasks.sh
+# The image's files, laid out under /out: the binary, the example tasks, the example configs
+# (conf/, whose relative task paths hold there) and the image's own config.
 RUN cargo build --release --locked --bin poplar \
  && install -D target/release/poplar /out/usr/local/bin/poplar \
- && install -d /out/usr/share/poplar/tasks /out/etc/poplar \
- && cp tasks/dist/*.wasm /out/usr/share/poplar/tasks/ \
- && cp conf/*.yaml /out/etc/poplar/
+ && install -d /out/usr/share/poplar/tasks/dist /out/usr/share/poplar/conf /out/etc/poplar \
+ && cp tasks/dist/*.wasm /out/usr/share/poplar/tasks/dist/ \
+ && cp -r conf/. /out/usr/share/poplar/conf/ \
+ && cp deploy/docker/poplar.yaml /out/etc/poplar/poplar.yaml
 
 FROM debian:bookworm-slim AS run
 RUN apt-get update \
@@ -38,4 +41,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
 # SIGTERM drains (README, Stopping); the orchestrator's grace period should exceed grace_period.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["poplar"]
-CMD ["serve", "-c", "/etc/poplar/edge.yaml"]
+CMD ["serve", "-c", "/etc/poplar/poplar.yaml"]

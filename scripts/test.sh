@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout: set-up, the example tasks, formatting,
-# lints, and every test (unit, end-to-end, and the benches run once as tests).
+# lints, every test (unit, end-to-end, and the benches run once as tests), then the image's
+# build stage and the Kubernetes manifests (scripts/check-deploy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A one-shot CI build gains nothing from incremental state but its disk.
