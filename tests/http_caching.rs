@@ -195,29 +195,9 @@ async fn a_failed_inline_run_is_replaced_by_the_stale_entry_while_stale_if_error
     let edge = start_edge(
         "role: edge\nlisten: LISTEN\ntasks:\n  echo:\n    wasm: echo.wasm\n    limits: { timeout: 300ms }\nroutes:\n  - match: { path_prefix: /echo }\n    task: echo\n    cache: {}\n",
     );
-    let url = format!("{}/echo/s", edge.base);
-    let first = client()
-        .get(&url)
-        .header("x-echo-set-cache-control", "max-age=1, stale-if-error=60")
-        .header("x-echo-mark", "first")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        header(&first, "cache-status"),
-        "poplar; fwd=uri-miss; stored"
-    );
-    edge.running.clock.advance(Duration::from_millis(2100));
-
     // Past its deadline: a 504 from the edge, unless the stale entry may answer.
-    let slow = || client().get(&url).header("x-echo-sleep-ms", "5000").send();
-    let stale = slow().await.unwrap();
-    assert_eq!(stale.status(), 200);
-    assert!(header(&stale, "cache-status").ends_with("detail=stale-if-error"));
-    assert_eq!(header(&stale, "x-echo-mark"), "first");
-    edge.running.clock.advance(Duration::from_secs(61));
-    let failed = slow().await.unwrap();
-    assert_eq!(failed.status(), 504);
+    let url = format!("{}/echo/s", edge.base);
+    let failed = common::stale_if_error_covers_a_deadline(&edge, &url, 5000).await;
     assert_eq!(header(&failed, "x-poplar-error"), "deadline");
 }
 

@@ -246,6 +246,39 @@ pub fn header(resp: &reqwest::Response, name: &str) -> String {
 }
 
 /// `GET /stats` from an admin endpoint.
+/// Stores `url`'s answer (an echo task's) as fresh for 1 s and usable stale on error for 60 s,
+/// lets it go stale, then asks again with the run slept past its deadline
+/// (`x-echo-sleep-ms`): the stale entry answers while stale-if-error holds, the failure (a
+/// 504) once it has passed. Returns that failure.
+pub async fn stale_if_error_covers_a_deadline(
+    edge: &Edge,
+    url: &str,
+    sleep_ms: u64,
+) -> reqwest::Response {
+    let first = client()
+        .get(url)
+        .header("x-echo-set-cache-control", "max-age=1, stale-if-error=60")
+        .header("x-echo-mark", "first")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&first, "cache-status"),
+        "poplar; fwd=uri-miss; stored"
+    );
+    edge.running.clock.advance(Duration::from_millis(2100));
+
+    let slow = || client().get(url).header("x-echo-sleep-ms", sleep_ms).send();
+    let stale = slow().await.unwrap();
+    assert_eq!(stale.status(), 200);
+    assert!(header(&stale, "cache-status").ends_with("detail=stale-if-error"));
+    assert_eq!(header(&stale, "x-echo-mark"), "first");
+    edge.running.clock.advance(Duration::from_secs(61));
+    let failed = slow().await.unwrap();
+    assert_eq!(failed.status(), 504);
+    failed
+}
+
 pub async fn admin_stats(admin: SocketAddr) -> serde_json::Value {
     let resp = client()
         .get(format!("http://{admin}/stats"))
