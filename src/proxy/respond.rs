@@ -8,10 +8,6 @@ use pingora_proxy::Session;
 
 use crate::errors::ErrorKind;
 
-/// Writes an error response: the kind's status, its one-line plain-text message, and
-/// `x-poplar-error`; logs it once, at the kind's level, with `detail` (which the client
-/// never sees: it may name internal addresses or a guest's backtrace). Does nothing if a
-/// response has already started.
 /// Sends `head` (a 200) with `body`, never to be cached.
 pub async fn ok(
     session: &mut Session,
@@ -26,6 +22,10 @@ pub async fn ok(
     session.write_response_body(Some(body), true).await
 }
 
+/// Writes an error response: the kind's status, its one-line plain-text message, and
+/// `x-poplar-error`; logs it once, at the kind's level, with `detail` (which the client
+/// never sees: it may name internal addresses or a guest's backtrace). Does nothing if a
+/// response has already started.
 pub async fn error(session: &mut Session, kind: ErrorKind, detail: &str) -> Result<()> {
     error_with(session, kind, detail, None, None).await
 }

@@ -68,40 +68,36 @@ impl Regions {
         Regions::with_addresses(specs, health, None)
     }
 
-    /// Names are resolved now (config loads only), unless `old` knows the same region's.
+    /// The regions of `specs`; with `old`, those of the config this one replaces: a region
+    /// kept (same name and address) keeps its addresses, health and latency. Other names are
+    /// resolved now (config loads only); regions start healthy, and the first probes follow
+    /// at once and correct that.
     fn with_addresses(
         specs: Vec<RegionSpec>,
         health: HealthSpec,
         old: Option<&Regions>,
     ) -> Regions {
-        let addresses = specs
-            .iter()
-            .map(|spec| {
-                let before = old.and_then(|o| {
-                    let k = o.specs.iter().position(|s| s == spec)?;
-                    o.addresses.get(k)
-                });
-                Resolved::new(
-                    format!("region {}", spec.name),
-                    &spec.address.host,
-                    spec.address.port,
-                    before,
-                )
-            })
-            .collect();
-        // Regions start healthy: the first probes follow at once and correct that.
-        let states = specs
-            .iter()
-            .map(|_| {
-                Mutex::new(RegionState {
-                    healthy: true,
-                    failed_probes: 0,
-                    latency_ms: None,
-                    forward_failures: 0,
-                    deadline: None,
-                })
-            })
-            .collect();
+        let mut addresses = Vec::with_capacity(specs.len());
+        let mut states = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let kept = old.and_then(|o| Some((o, o.specs.iter().position(|s| s == spec)?)));
+            let what = format!("region {}", spec.name);
+            let before = kept.and_then(|(o, k)| o.addresses.get(k));
+            addresses.push(Resolved::new(
+                what,
+                &spec.address.host,
+                spec.address.port,
+                before,
+            ));
+            let state = kept.and_then(|(o, k)| o.state(k)).unwrap_or(RegionState {
+                healthy: true,
+                failed_probes: 0,
+                latency_ms: None,
+                forward_failures: 0,
+                deadline: None,
+            });
+            states.push(Mutex::new(state));
+        }
         Regions {
             specs,
             addresses,
@@ -110,17 +106,9 @@ impl Regions {
         }
     }
 
-    /// The regions of a reloaded config: a region kept (same name and address) keeps its
-    /// health and latency; a new one starts healthy, as at start.
+    /// The regions of a reloaded config (see [`Self::with_addresses`]).
     pub fn carried(specs: Vec<RegionSpec>, health: HealthSpec, old: &Regions) -> Regions {
-        let regions = Regions::with_addresses(specs, health, Some(old));
-        for (i, spec) in regions.specs.iter().enumerate() {
-            let kept = old.specs.iter().position(|o| o == spec);
-            if let Some(state) = kept.and_then(|k| old.state(k)) {
-                regions.update(i, |new| *new = state);
-            }
-        }
-        regions
+        Regions::with_addresses(specs, health, Some(old))
     }
 
     /// Whether these are the regions and checks a config asks for.
