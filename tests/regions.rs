@@ -604,7 +604,29 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     );
 
     // hello is still hot, but colder than echo, the one resident: it is forwarded as cold
-    // and not compiled, so the two do not take turns evicting each other.
+    // and not compiled, so the two do not take turns evicting each other. Heating echo can
+    // take long on a loaded machine (its compile runs at nice 19) and hello cools meanwhile:
+    // echo is kept busy and hello asked for 5 times a second until hello is hot again, at a
+    // rate above its hot threshold (just hot, it could cool below the cool threshold before
+    // the request that is judged).
+    let busy = tokio::spawn({
+        let url = format!("{}/echo", edge.base);
+        async move {
+            loop {
+                let _ = client().get(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let hot = |stats: &serde_json::Value| {
+        let hello = &stats["tasks"]["hello"];
+        hello["hot"] == true && hello["rate"].as_f64().unwrap_or(0.0) >= 3.0
+    };
+    while !hot(&common::admin_stats(admin).await) && started.elapsed() < common::PATIENCE {
+        let _ = client().get(format!("{}/hello", edge.base)).send().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let resp = client()
         .get(format!("{}/hello", edge.base))
         .send()
@@ -614,6 +636,7 @@ async fn the_resident_set_is_bounded_and_the_admin_endpoint_counts() {
     let now = common::admin_stats(admin).await;
     assert_eq!(now["tasks"]["hello"]["hot"], true, "{now}");
     assert_eq!(now["tasks"]["hello"]["code"], "absent", "{now}");
+    busy.abort();
 
     let counts = &stats["placements"]["hello"];
     assert!(counts["edge/hot"].as_u64().unwrap() >= 1, "{counts}");
