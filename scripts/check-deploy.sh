@@ -3,10 +3,14 @@
 # - the Dockerfile's shape: two stages, the build stage runs the suite's own set-up and task
 #   scripts, the run stage is a non-root user with `poplar` as entrypoint, the example tasks
 #   and a health check on /_poplar/health;
+# - the build stage's commands, run as plain shell, make the image's files, and they run as
+#   `docker run` would (scripts/pods.py image: needs root for its network namespace);
 # - every Poplar config under deploy/ passes `poplar check`;
-# - every kustomize overlay renders (kubectl kustomize) and validates against the Kubernetes
-#   1.32 API schemas (kubernetes-validate from PyPI, pinned, in target/deploy-venv).
-# No container runtime is needed. Usage: scripts/check-deploy.sh [path/to/poplar]
+# - every kustomization renders (kubectl kustomize) and validates against the Kubernetes
+#   1.32 API schemas (kubernetes-validate from PyPI, pinned, in target/deploy-venv);
+# - the demo overlay's pods run, as on a cluster of one node (scripts/pods.py cluster, root);
+# - every command in docs/DEPLOY.md's command blocks is one of those checked here.
+# No container runtime or cluster is needed. Usage: scripts/check-deploy.sh [path/to/poplar]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 poplar=${1:-target/debug/poplar}
@@ -62,14 +66,17 @@ echo "check-deploy: Dockerfile shape ok" >&2
 
 # No container runtime here: the build stage's RUN commands run as plain shell in this
 # checkout (the build context), laying the image's files out under a scratch folder in place
-# of /out; then the image's binary and configs are checked. CHECK_DEPLOY_BUILD=0 skips it
-# (a release build: about 14 minutes on 2 cores, from nothing).
+# of /out; then the image's binary checks the image's configs, and the image runs as
+# `docker run` would (scripts/pods.py image). CHECK_DEPLOY_BUILD=0 skips the release build (about
+# 14 minutes on 2 cores, from nothing) and lays the files out around the given binary instead.
 scratch=$(mktemp -d)
+chmod 755 "$scratch"   # the image's files are read by its user, 10001
 trap 'rm -rf "$scratch"' EXIT
-if [ "${CHECK_DEPLOY_BUILD:-1}" != 0 ]; then
-  python3 - Dockerfile > "$scratch/build-stage.sh" <<'PY'
+build=${CHECK_DEPLOY_BUILD:-1}
+python3 - Dockerfile "$build" "$poplar" > "$scratch/build-stage.sh" <<'PY'
 import re, sys
 lines = re.sub(r"\\\n", " ", open(sys.argv[1]).read()).splitlines()
+build, binary = sys.argv[2] != "0", sys.argv[3]
 stage = 0
 print("set -euo pipefail")
 for line in lines:
@@ -77,20 +84,32 @@ for line in lines:
     if word.upper() == "FROM":
         stage += 1
     elif stage == 1 and word.upper() == "RUN":
+        if not build:
+            rest = rest.replace("cargo build --release --locked --bin poplar", "true")
+            rest = rest.replace("target/release/poplar", binary)
         print(rest.replace("/out", '"$OUT"'))
 PY
-  OUT="$scratch/out" bash "$scratch/build-stage.sh" >&2 || fail "the build stage's commands failed"
-  image="$scratch/out"
-  [ -x "$image/usr/local/bin/poplar" ] || fail "the build stage made no /usr/local/bin/poplar"
-  "$image/usr/local/bin/poplar" --version >&2
-  for config in "$image/etc/poplar/poplar.yaml" "$image"/usr/share/poplar/conf/*.yaml; do
-    "$image/usr/local/bin/poplar" check -c "$config" >&2 \
-      || fail "${config#"$image"} does not pass the image's poplar check"
-  done
+OUT="$scratch/out" bash "$scratch/build-stage.sh" >&2 || fail "the build stage's commands failed"
+image="$scratch/out"
+[ -x "$image/usr/local/bin/poplar" ] || fail "the build stage made no /usr/local/bin/poplar"
+"$image/usr/local/bin/poplar" --version >&2
+for config in "$image/etc/poplar/poplar.yaml" "$image"/usr/share/poplar/conf/*.yaml; do
+  "$image/usr/local/bin/poplar" check -c "$config" >&2 \
+    || fail "${config#"$image"} does not pass the image's poplar check"
+done
+if [ "$build" != 0 ]; then
   echo "check-deploy: the build stage, run as plain shell, made the image's files" >&2
 else
-  echo "check-deploy: SKIPPED the build stage (CHECK_DEPLOY_BUILD=0)" >&2
+  echo "check-deploy: SKIPPED the build stage's release build (CHECK_DEPLOY_BUILD=0); its files laid out around $poplar" >&2
 fi
+# docker run: in a network namespace of its own, as the image's user (needs root).
+pods_status=0
+python3 scripts/pods.py image --layout "$image" --dockerfile Dockerfile || pods_status=$?
+case $pods_status in
+  0) echo "check-deploy: the image's files run as docker run would: /hello, HEALTHCHECK, STOPSIGNAL" >&2 ;;
+  3) echo "check-deploy: SKIPPED running the image: no network namespaces (not root)" >&2 ;;
+  *) fail "the image does not run (scripts/pods.py image)" ;;
+esac
 
 # The configs the manifests mount, with the environment the pods give them.
 for config in deploy/kubernetes/base/*.poplar.yaml; do
@@ -108,22 +127,61 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
 fi
 out="$scratch/rendered"
 mkdir -p "$out"
-for overlay in deploy/kubernetes/overlays/*/; do
-  name=$(basename "$overlay")
-  kubectl kustomize "$overlay" > "$out/$name.yaml" || fail "overlay $name does not render"
+validate() { "$venv/bin/kubernetes-validate" -k 1.32.0 --strict --quiet "$@" >&2; }
+for kustomization in deploy/kubernetes/overlays/*/ deploy/kubernetes/tasks/; do
+  name=$(basename "$kustomization")
+  kubectl kustomize "$kustomization" > "$out/$name.yaml" || fail "$kustomization does not render"
   # Strict: unknown fields are errors. Kinds of other projects' CRDs (ServiceMonitor) have no
   # schema here and are reported as warnings.
-  "$venv/bin/kubernetes-validate" -k 1.32.0 --strict --quiet "$out/$name.yaml" >&2 \
-    || fail "overlay $name does not validate against Kubernetes 1.32"
+  validate "$out/$name.yaml" || fail "$kustomization does not validate against Kubernetes 1.32"
   kinds=$(grep -c '^kind:' "$out/$name.yaml")
-  echo "check-deploy: overlay $name: $kinds resources, valid for Kubernetes 1.32" >&2
+  echo "check-deploy: $kustomization: $kinds resources, valid for Kubernetes 1.32" >&2
 done
-# docs/DEPLOY.md's Secret for production, rendered as the client would send it.
-kubectl -n poplar create secret generic poplar-keys --dry-run=client -o yaml \
-  --from-literal=forwarding-key="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-  --from-literal=deploy-token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-  --from-literal=admin-token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-  > "$out/secret.yaml"
-"$venv/bin/kubernetes-validate" -k 1.32.0 --strict --quiet "$out/secret.yaml" >&2 \
-  || fail "the Secret of docs/DEPLOY.md does not validate"
-echo "check-deploy: docs/DEPLOY.md's Secret renders and validates" >&2
+
+# kubectl apply -k overlays/demo, on a cluster of network namespaces (needs root).
+pods_status=0
+"$venv/bin/python" scripts/pods.py cluster --layout "$image" --rendered "$out/demo.yaml" \
+  || pods_status=$?
+case $pods_status in
+  0) echo "check-deploy: the demo overlay's pods run: probes, the Job's deploy, /greet, metrics, SIGTERM" >&2 ;;
+  3) echo "check-deploy: SKIPPED running the demo overlay's pods: no network namespaces (not root)" >&2 ;;
+  *) fail "the demo overlay's pods do not run (scripts/pods.py cluster)" ;;
+esac
+
+# Every command docs/DEPLOY.md gives (its sh blocks) is one this suite runs or renders: a
+# command it does not know is a failure, so the guide cannot grow one nobody checked.
+python3 - docs/DEPLOY.md > "$scratch/commands" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            print(line)
+PY
+while IFS= read -r command; do
+  case "$command" in
+    "docker build -t "*" .")
+      how="the build stage's commands, run as plain shell above" ;;
+    "docker run "*|"curl "*)
+      how="scripts/pods.py image and cluster run the image's files and ask them so" ;;
+    "kubectl kustomize "*|"kubectl apply -k "*)
+      dir=${command##* }; dir=${dir%/}
+      [ -f "$out/$(basename "$dir").yaml" ] || fail "DEPLOY.md: $command: $dir is not rendered here"
+      how="rendered and validated above"
+      [ "$dir" = deploy/kubernetes/overlays/demo ] && [ "$pods_status" = 0 ] \
+        && how="$how, and its pods run (scripts/pods.py cluster)" ;;
+    "kubectl "*" create "*|"kubectl create "*)
+      (eval "$command --dry-run=client -o yaml") > "$out/created.yaml" \
+        || fail "DEPLOY.md: $command does not render"
+      validate "$out/created.yaml" || fail "DEPLOY.md: $command does not validate"
+      how="rendered with --dry-run=client and validated" ;;
+    "export "*)
+      how="shell" ;;
+    "sudo scripts/fleet.sh"*)
+      how="tests/fleet.rs runs it" ;;
+    *)
+      fail "DEPLOY.md gives \`$command\`, which this suite neither runs nor renders" ;;
+  esac
+  echo "check-deploy: DEPLOY.md: $command: $how" >&2
+done < "$scratch/commands"
