@@ -138,6 +138,20 @@ def shorten(name):
     return name if len(name) <= 110 else name[:107] + "..."
 
 
+def nginx_conf(path, work, name, top, servers):
+    """An nginx config of one worker, no access log, keep-alive without end, and `servers`."""
+    with open(path, "w") as f:
+        f.write(f"""worker_processes 1;
+{top}pid {work}/{name}.pid;
+error_log {work}/{name}.err warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;{servers}
+}}
+""")
+
+
 class Server:
     def __init__(self, name, argv, port, work, env=None):
         self.name = name
@@ -155,11 +169,11 @@ class Server:
     def measure(self, path, requests, warmup, k):
         client = Client(self.port)
         for _ in range(warmup):
-            status = client.get(path)
+            client.get(path)
         dump(self.proc.pid)
         newest_dump(self.out, self.known)
         for _ in range(requests):
-            client.get(path)
+            status = client.get(path)
         dump(self.proc.pid)
         file = newest_dump(self.out, self.known)
         every = top_functions(file, requests, None)
@@ -195,17 +209,8 @@ def main():
     origin = None
     try:
         origin_port = free_port()
-        with open(f"{work}/origin.conf", "w") as f:
-            f.write(f"""worker_processes 1;
-pid {work}/origin.pid;
-error_log {work}/origin.err warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{origin_port}; location / {{ return 200 "origin says hello\\n"; }} }}
-}}
-""")
+        nginx_conf(f"{work}/origin.conf", work, "origin", "", f"""
+  server {{ listen 127.0.0.1:{origin_port}; location / {{ return 200 "origin says hello\\n"; }} }}""")
         origin = subprocess.Popen(["nginx", "-g", "daemon off;", "-c", f"{work}/origin.conf"])
         wait_listening(origin_port, origin, "the origin")
 
@@ -236,16 +241,8 @@ routes:
         cache_port, proxy_port = free_port(), free_port()
         os.makedirs(f"{work}/nginx-cache")
         os.chmod(f"{work}/nginx-cache", 0o777)
-        with open(f"{work}/nginx.conf", "w") as f:
-            f.write(f"""worker_processes 1;
-master_process off;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  keepalive_requests 100000000;
+        # Under valgrind: one process, in the foreground.
+        nginx_conf(f"{work}/nginx.conf", work, "nginx", "master_process off;\ndaemon off;\n", f"""
   proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=hits:10m inactive=1h use_temp_path=off;
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
   server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "hello\\n"; }} }}
@@ -259,9 +256,7 @@ http {{
       proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache hits; proxy_cache_valid 200 1h;
     }}
-  }}
-}}
-""")
+  }}""")
         release = f"{ROOT}/target/release"
         plan = {  # path: [(server, request path)]
             "static": [("poplar", "/none"), ("pingora alone", "/"), ("nginx", "/")],
