@@ -23,6 +23,7 @@ fn placement(c: &mut Criterion) {
         residency: Residency::Ready,
         fits: true,
         cooling_off: false,
+        paused: false,
         body_len: Some(0),
         max_inline_body: 64 << 10,
         slot_free: true,

@@ -14,7 +14,8 @@
 # Cases: none, spin (loops until its 100 ms deadline), memory (grows to its 64 MiB cap),
 # trap, stack (overflows its stack), huge (a 16 MB response cut short by a trap), slowbody
 # (a request body trickled at 1 KiB/s to /echo), hung (a region that never answers: a relay
-# holding every byte for 60 s).
+# holding every byte for 60 s). The edge runs with the default `placement.failing`: a task
+# failing 20 times in a row is paused (503 paused), which the abuser's statuses show.
 # Loopback only (ports 18700-18711); everything it starts is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,9 +93,20 @@ done
 
 # A Lua script for the abuser's wrk: counts answers by status.
 cat >"$work/count.lua" <<'EOF'
-local counts = {}
+counts = {}
 response = function(status) counts[status] = (counts[status] or 0) + 1 end
-done = function() end
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+done = function()
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(total) do parts[#parts + 1] = k .. ":" .. v end
+  table.sort(parts)
+  io.write("statuses " .. table.concat(parts, ",") .. "\n")
+end
 EOF
 
 abuse_path() {
@@ -158,7 +170,7 @@ for case in $cases; do
   [ -n "$abuser" ] && { wait "$abuser" 2>/dev/null || true; }
   peak=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$edge/status")
   abused="-"
-  [ -f "$work/abuse-$case.txt" ] && abused="$(awk '/requests in/ {print $1}' "$work/abuse-$case.txt") answered"
+  [ -f "$work/abuse-$case.txt" ] && abused="$(awk '/requests in/ {print $1}' "$work/abuse-$case.txt") answered ($(awk '/^statuses/ {print $2}' "$work/abuse-$case.txt"))"
   [ "$case" = slowbody ] && abused="2 trickling"
   echo "$case $(stat "$work/hello-$case.txt") $(stat "$work/origin-$case.txt") $peak $abused" | tee -a "$results"
   [ "$case" = hung ] && start_relay 0

@@ -11,7 +11,8 @@
 # measures the mix's capacity for 5 s, then paces every connection (wrk's delay()) to 80% of it.
 # Every 10 s it samples the edge's RSS and fds; at the end it prints the samples, the RSS slope
 # after warm-up (the first fifth) in MB per minute, and the answers by route and status from
-# /metrics, and fails if a healthy route answered anything but 2xx.
+# /metrics, and every answer by status and x-poplar-error kind as wrk saw it; fails if a
+# healthy route answered anything but 2xx or an error kind the mix does not provoke came.
 # Loopback only (ports 18720-18724); everything it starts is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +106,22 @@ request = function()
   return wrk.format("GET", p)
 end
 delay = function() return pace end
+-- Answers by status and Poplar error kind (x-poplar-error), per thread, summed in done().
+counts = {}
+response = function(status, headers)
+  local key = status .. " " .. (headers["x-poplar-error"] or headers["X-Poplar-Error"] or "-")
+  counts[key] = (counts[key] or 0) + 1
+end
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+done = function()
+  if os.getenv("SOAK_PACE_MS") == nil then return end
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("counts")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("answer %s %d\n", k, v)) end
+end
 EOF
 
 echo "soak: measuring the mix's capacity (5 s)" >&2
@@ -130,7 +147,7 @@ wait "$load" || true
 cat "$work/wrk.txt"
 curl -s http://127.0.0.1:18723/metrics >"$work/metrics.txt"
 
-python3 - "$samples" "$work/metrics.txt" "$work/edge.yaml" <<'EOF'
+python3 - "$samples" "$work/metrics.txt" "$work/edge.yaml" "$work/wrk.txt" <<'EOF'
 import re, sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 print("seconds  rss_MB  fds")
@@ -157,7 +174,23 @@ for line in open(sys.argv[2]):
     print(f"  {name:10s} {status} {count}")
     if name in healthy and status != "2xx" and int(count) > 0:
         bad = True
+# Every answer by status and error kind, as the client saw it. The kinds the mix provokes:
+# the abusive guests' (trap, memory, deadline, and paused once they keep failing) and the
+# malformed requests' (bad-request); anything else is unexpected.
+expected = {"500 trap", "500 memory", "504 deadline", "503 paused", "400 bad-request"}
+print("answers by status and x-poplar-error (the client's view):")
+for line in sorted(open(sys.argv[4])):
+    if not line.startswith("answer "):
+        continue
+    _, status, kind, count = line.split()
+    print(f"  {status} {kind:12s} {count}")
+    if kind != "-" and f"{status} {kind}" not in expected:
+        print(f"soak: unexpected answer {status} {kind}")
+        bad = True
+    if kind == "-" and not status.startswith("2"):
+        print(f"soak: {status} not from Poplar or a task")
+        bad = True
 if bad:
-    print("soak: a healthy route answered other than 2xx")
+    print("soak: a healthy route answered other than 2xx, or an unexpected kind")
     sys.exit(1)
 EOF

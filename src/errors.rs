@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Task,
     /// No execution slot freed up in time.
     Busy,
+    /// The task's runs kept failing: it is paused for a while (`placement.failing`).
+    Paused,
     /// The origin could not be reached or failed mid-response.
     Origin,
     /// No healthy region could take a forwarded task.
@@ -82,6 +84,12 @@ impl ErrorKind {
             ErrorKind::Deadline => row(504, "deadline", "the task ran past its deadline", Error),
             ErrorKind::Task => row(500, "task", "the task gave no usable response", Error),
             ErrorKind::Busy => row(503, "busy", "no execution slot is free", Warn),
+            ErrorKind::Paused => row(
+                503,
+                "paused",
+                "the task is paused because its runs keep failing",
+                Debug,
+            ),
             ErrorKind::Origin => row(
                 502,
                 "origin",
@@ -217,6 +225,7 @@ mod tests {
             ErrorKind::Deadline,
             ErrorKind::Task,
             ErrorKind::Busy,
+            ErrorKind::Paused,
             ErrorKind::Origin,
             ErrorKind::NoRegion,
             ErrorKind::Region,

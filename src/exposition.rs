@@ -325,6 +325,11 @@ fn tasks(placer: &Placer, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Resu
     });
     let help = "The state of the task's compiled code at this edge (absent, fetching, compiling, resident, pinned, failed)";
     gauges(encoder, "task_code", help, None, code)?;
+    let pauses = status
+        .iter()
+        .map(|(name, s)| (vec![("task", name.clone())], s.pauses));
+    let help = "Times the task's code loaded here was paused because its runs kept failing (placement.failing)";
+    counters(encoder, "task_pauses", help, pauses)?;
     // How the code loaded now was made ready, and how long that took.
     let ready = status.iter().filter_map(|(name, s)| {
         let ready = s.ready?;

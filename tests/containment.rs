@@ -360,8 +360,9 @@ fn rss() -> u64 {
 async fn memory_hogs_one_after_another_leave_nothing_resident() {
     let admin = common::free_addr();
     let edge = start_edge(&format!(
-        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nplacement: {{ max_inline: 8, guest_memory: 96MiB }}\ntasks:\n  memory-hog: {{ wasm: memory-hog.wasm, limits: {{ memory: 32MiB }} }}\nroutes:\n  - match: {{ path_prefix: /hog }}\n    task: memory-hog\n"
+        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nplacement: {{ max_inline: 8, guest_memory: 96MiB, failing: {{ after: 0 }} }}\ntasks:\n  memory-hog: {{ wasm: memory-hog.wasm, limits: {{ memory: 32MiB }} }}\nroutes:\n  - match: {{ path_prefix: /hog }}\n    task: memory-hog\n"
     ));
+    // Never paused (`after: 0`): every hog runs.
     let url = format!("{}/hog", edge.base);
     let hog = || async {
         let resp = client().get(&url).send().await.unwrap();
@@ -484,4 +485,158 @@ async fn a_client_that_leaves_during_a_forward_does_not_take_the_region_out() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// `trap` (fails unless asked `?ok=1`) and `hello`, pinned at an edge that pauses a task after
+/// 3 failed runs in a row, for 300 ms at first.
+fn pausing_edge(admin: std::net::SocketAddr) -> Edge {
+    start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nadmin: {{ listen: \"{admin}\" }}\nplacement:\n  failing: {{ after: 3, pause: 300ms, max_pause: 2s }}\ntasks:\n  trap: {{ wasm: trap.wasm }}\n  hello: {{ wasm: hello.wasm }}\nroutes:\n  - match: {{ path_prefix: /trap }}\n    task: trap\n  - match: {{ path_prefix: /hello }}\n    task: hello\n"
+    ))
+}
+
+async fn status_and_error(edge: &Edge, path: &str) -> (u16, String, String) {
+    let resp = client()
+        .get(format!("{}{path}", edge.base))
+        .send()
+        .await
+        .unwrap();
+    let error = common::header(&resp, "x-poplar-error");
+    let retry = common::header(&resp, "retry-after");
+    (resp.status().as_u16(), error, retry)
+}
+
+/// Polls `/stats` until the task is no longer paused (bounded: the longest pause here is 2 s).
+async fn until_unpaused(admin: std::net::SocketAddr, task: &str) {
+    for _ in 0..100 {
+        let stats = common::admin_stats(admin).await;
+        if stats["tasks"][task].get("paused_for").is_none() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{task} stayed paused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_runs_keep_failing_is_paused_and_the_rest_keep_running() {
+    let admin = common::free_addr();
+    let edge = pausing_edge(admin);
+    // Failures between successes never pause it.
+    for _ in 0..3 {
+        assert_eq!(status_and_error(&edge, "/trap").await.0, 500);
+        assert_eq!(status_and_error(&edge, "/trap").await.0, 500);
+        assert_eq!(status_and_error(&edge, "/trap?ok=1").await.0, 200);
+    }
+    // Three in a row do: then nothing of it runs, not even a request that would succeed.
+    for _ in 0..3 {
+        assert_eq!(
+            status_and_error(&edge, "/trap").await,
+            (500, "trap".into(), String::new())
+        );
+    }
+    for path in ["/trap", "/trap?ok=1"] {
+        let (status, error, retry) = status_and_error(&edge, path).await;
+        assert_eq!(
+            (status, error.as_str(), retry.as_str()),
+            (503, "paused", "1"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        status_and_error(&edge, "/hello").await.0,
+        200,
+        "other tasks run"
+    );
+    let stats = common::admin_stats(admin).await;
+    assert!(
+        stats["tasks"]["trap"]["paused_for"].as_f64().unwrap() > 0.0,
+        "{stats}"
+    );
+    assert_eq!(stats["tasks"]["trap"]["pauses"], 1, "{stats}");
+    assert!(
+        stats["tasks"]["hello"].get("paused_for").is_none(),
+        "{stats}"
+    );
+
+    // After the pause, a probe that fails pauses it again at once.
+    until_unpaused(admin, "trap").await;
+    assert_eq!(
+        status_and_error(&edge, "/trap").await.0,
+        500,
+        "the probe runs"
+    );
+    assert_eq!(status_and_error(&edge, "/trap?ok=1").await.0, 503);
+    let text = common::metrics_text(admin).await;
+    assert_eq!(
+        sample(&text, "poplar_task_pauses_total{task=\"trap\"}"),
+        2.0
+    );
+
+    // A probe that succeeds ends it: failures count from zero again.
+    until_unpaused(admin, "trap").await;
+    assert_eq!(status_and_error(&edge, "/trap?ok=1").await.0, 200);
+    assert_eq!(status_and_error(&edge, "/trap").await.0, 500);
+    assert_eq!(status_and_error(&edge, "/trap").await.0, 500);
+    assert_eq!(status_and_error(&edge, "/trap?ok=1").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_route_forwards_a_task_paused_at_the_edge() {
+    let key = Key::new();
+    let region = start_region(&key, &["trap"]);
+    let edge = start_edge(&format!(
+        "role: edge\nlisten: LISTEN\nthreads: 2\nforwarding: {{ key_file: {} }}\nregions:\n  west: {{ address: \"{}\" }}\nplacement:\n  hot_threshold: 5\n  failing: {{ after: 3, pause: 30s }}\ntasks:\n  trap: {{ wasm: trap.wasm, limits: {{ memory: 16MiB, timeout: 100ms }} }}\nroutes:\n  - match: {{ path_prefix: /trap }}\n    task: trap\n",
+        key.path(),
+        region.addr
+    ));
+    let url = format!("{}/trap?ok=1", edge.base);
+    let started = std::time::Instant::now();
+    loop {
+        let resp = client().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        if common::placement(&resp) == "edge; reason=hot" {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::PATIENCE,
+            "trap never ran inline"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Failing inline three times in a row pauses it at the edge (the region has its own
+    // count: one failure there, of the request below).
+    for _ in 0..3 {
+        let resp = client()
+            .get(format!("{}/trap", edge.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let placement = common::placement(&resp);
+        assert!(
+            !placement.starts_with("region"),
+            "ran at the edge: {placement}"
+        );
+    }
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the region runs it");
+    assert_eq!(
+        common::placement(&resp),
+        "region; name=west; reason=failing"
+    );
+    let resp = client()
+        .get(format!("{}/trap", edge.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        500,
+        "a trap in the region is the region's answer"
+    );
+    assert_eq!(
+        common::placement(&resp),
+        "region; name=west; reason=failing"
+    );
 }

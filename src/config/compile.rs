@@ -330,6 +330,18 @@ fn placement(p: schema::Placement, r: &mut Reported) -> PlacementSpec {
     if let Some(l) = p.inline_limits {
         spec.inline_limits = limits(l, "placement.inline_limits", spec.inline_limits, r);
     }
+    if let Some(f) = p.failing {
+        let policy = &mut spec.failing;
+        policy.after = f.after.unwrap_or(policy.after);
+        policy.pause = f.pause.map_or(policy.pause, |d| d.0);
+        policy.max_pause = f.max_pause.map_or(policy.max_pause, |d| d.0);
+        if policy.pause.is_zero() {
+            r.error("placement.failing.pause", "must be more than 0");
+        }
+        if policy.max_pause < policy.pause {
+            r.error("placement.failing.max_pause", "must be at least pause");
+        }
+    }
     spec
 }
 

@@ -184,6 +184,8 @@ pub struct PlacementSpec {
     pub inline_limits: Limits,
     /// How long a task that outgrew the edge at run time is kept off it.
     pub oversized_cooldown: Duration,
+    /// When a task whose runs keep failing is paused.
+    pub failing: crate::wasm::FailPolicy,
 }
 
 impl Default for PlacementSpec {
@@ -202,6 +204,7 @@ impl Default for PlacementSpec {
                 max_body: 64 << 10,
             },
             oversized_cooldown: Duration::from_secs(30),
+            failing: crate::wasm::FailPolicy::default(),
         }
     }
 }

@@ -291,6 +291,24 @@ pub struct Placement {
     pub inline_limits: Option<Limits>,
     /// How long a task that outgrew the edge is kept off it (default 30s).
     pub oversized_cooldown: Option<Dur>,
+    /// A task whose runs keep failing is paused (edges and regions).
+    pub failing: Option<Failing>,
+}
+
+/// `placement.failing`: a task whose runs fail `after` times in a row (a trap, its memory
+/// cap, its deadline, a body cut short) is paused for `pause`: its requests are answered
+/// `503 paused` with `Retry-After` (at an edge under `auto`, forwarded with
+/// `reason=failing`) instead of run. The first run after a pause is a probe: failing, it
+/// pauses the task again for twice as long, up to `max_pause`; any whole answer ends it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Failing {
+    /// Failed runs in a row (default 20); 0: never pause.
+    pub after: Option<u32>,
+    /// Default 1s.
+    pub pause: Option<Dur>,
+    /// Default 30s.
+    pub max_pause: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -20,10 +20,12 @@ pub enum Reason {
     Busy,
     /// The inline run hit the edge's deadline or memory cap; retried in a region.
     Fallback,
+    /// Its runs here keep failing: paused at the edge (`placement.failing`).
+    Failing,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Pinned,
         Reason::Hot,
         Reason::Cold,
@@ -31,6 +33,7 @@ impl Reason {
         Reason::Oversized,
         Reason::Busy,
         Reason::Fallback,
+        Reason::Failing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::Busy => "busy",
             Reason::Fallback => "fallback",
+            Reason::Failing => "failing",
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Facts {
     pub fits: bool,
     /// It outgrew the edge at run time recently.
     pub cooling_off: bool,
+    /// Its runs here kept failing: it is paused.
+    pub paused: bool,
     /// The request body's length, when known before reading it.
     pub body_len: Option<u64>,
     pub max_inline_body: u64,
@@ -90,6 +96,9 @@ pub fn decide(f: &Facts) -> Decision {
     }
     if !f.hot || f.below_floor {
         return Decision::Forward(Reason::Cold);
+    }
+    if f.paused {
+        return Decision::Forward(Reason::Failing);
     }
     let body_fits = f.body_len.is_some_and(|n| n <= f.max_inline_body);
     if !f.fits || f.cooling_off || !body_fits || f.residency == Residency::Never {
@@ -115,6 +124,7 @@ mod tests {
         residency: Residency::Ready,
         fits: true,
         cooling_off: false,
+        paused: false,
         body_len: Some(0),
         max_inline_body: 1024,
         slot_free: true,
@@ -137,6 +147,13 @@ mod tests {
                     ..READY
                 },
                 Reason::Cold,
+            ),
+            (
+                Facts {
+                    paused: true,
+                    ..READY
+                },
+                Reason::Failing,
             ),
             (
                 Facts {

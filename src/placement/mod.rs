@@ -121,6 +121,11 @@ pub struct TaskStatus {
     /// How the code it runs here was made ready (compiled, or loaded from `code_cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<crate::wasm::Ready>,
+    /// Seconds the task is still paused for failing (`placement.failing`), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_for: Option<f64>,
+    /// Times the code it runs here was paused for failing.
+    pub pauses: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -310,6 +315,9 @@ impl Placer {
                 fits_edge,
             )
         };
+        // A paused task's code is loaded: a task without code here has not run here.
+        let paused = (code.as_ref().or(entry.pinned.as_ref()))
+            .is_some_and(|task| task.failures.paused(now).is_some());
         let candidate = mode == Mode::Auto && fits_edge && hot && absent;
         let below_floor = candidate && self.admission_floor(now).is_some_and(|floor| rate <= floor);
         let facts = Facts {
@@ -319,6 +327,7 @@ impl Placer {
             residency,
             fits: fits_edge,
             cooling_off,
+            paused,
             body_len,
             max_inline_body: self.spec.inline_limits.max_body,
             slot_free: true,
@@ -516,6 +525,14 @@ impl Placer {
                     Code::Ready(task) => (Some(task.digest.clone()), Some(task.ready)),
                     _ => (None, None),
                 };
+                let code_here = match &state.code {
+                    Code::Ready(task) => Some(task),
+                    _ => entry.pinned.as_ref(),
+                };
+                let paused_for = code_here
+                    .and_then(|t| t.failures.paused(now))
+                    .map(|left| left.as_secs_f64());
+                let pauses = code_here.map_or(0, |t| t.failures.pauses());
                 let status = TaskStatus {
                     hot: state.hotness.is_hot(),
                     rate: state.hotness.rate(now),
@@ -524,6 +541,8 @@ impl Placer {
                     digest,
                     current: state.version.as_ref().map(|v| v.digest.clone()),
                     ready,
+                    paused_for,
+                    pauses,
                 };
                 (name.clone(), status)
             })

@@ -684,11 +684,12 @@ impl ProxyHttp for Edge {
                 can_reuse_downstream: false,
             };
         }
-        let status = ctx
-            .cache
-            .as_ref()
-            .map(|c| ("cache-status", c.error_status()));
-        if let Err(write) = respond::error_with(session, kind, &e.to_string(), None, status).await {
+        let status: Vec<_> = (ctx.cache.as_ref())
+            .map(|c| ("cache-status", c.error_status()))
+            .into_iter()
+            .collect();
+        if let Err(write) = respond::error_with(session, kind, &e.to_string(), None, &status).await
+        {
             log::debug!("cannot write the error response: {write}");
         }
         FailToProxy {

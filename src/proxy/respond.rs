@@ -27,7 +27,7 @@ pub async fn ok(
 /// never sees: it may name internal addresses or a guest's backtrace). Does nothing if a
 /// response has already started.
 pub async fn error(session: &mut Session, kind: ErrorKind, detail: &str) -> Result<()> {
-    error_with(session, kind, detail, None, None).await
+    error_with(session, kind, detail, None, &[]).await
 }
 
 /// A `308` to the request's URL over HTTPS on `port` (omitted when 443), as a plain
@@ -49,13 +49,13 @@ pub async fn to_https(session: &mut Session, host: &str, port: u16) -> Result<()
 }
 
 /// [`error`], with what the client may be told beyond the kind's message (`shown`, after a
-/// colon), and one more header (a `Cache-Status`).
+/// colon), and more headers (a `Cache-Status`, a `Retry-After`).
 pub async fn error_with(
     session: &mut Session,
     kind: ErrorKind,
     detail: &str,
     shown: Option<&str>,
-    extra: Option<(&'static str, String)>,
+    extra: &[(&'static str, String)],
 ) -> Result<()> {
     let (status, name) = kind.status_and_name();
     let req = session.req_header();
@@ -82,13 +82,13 @@ pub async fn error_with(
         None => format!("{}\n", kind.message()),
     };
     let body = Bytes::from(body);
-    let mut head = ResponseHeader::build(status, Some(4))?;
+    let mut head = ResponseHeader::build(status, Some(4 + extra.len()))?;
     head.insert_header("content-type", "text/plain; charset=utf-8")?;
     head.insert_header("content-length", body.len())?;
     head.insert_header("x-poplar-error", name)?;
     head.insert_header("cache-control", "no-store")?;
-    if let Some((name, value)) = extra {
-        head.insert_header(name, value)?;
+    for (name, value) in extra {
+        head.insert_header(*name, value)?;
     }
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await

@@ -67,6 +67,10 @@ pub enum Served {
 
 /// Runs the task for the request in `session` and writes the answer, whatever it is.
 pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served> {
+    if let Some(left) = run.task.failures.paused(Instant::now()) {
+        paused(session, &run, left).await?;
+        return Ok(Served::Answered);
+    }
     let Some(body) = body_for(session, &mut run).await? else {
         return Ok(Served::Answered);
     };
@@ -85,6 +89,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     let (mut response, (chunks, complete)) = match outcome {
         Ok(done) => done,
         Err(e @ (TaskError::Deadline | TaskError::Memory)) if run.may_fall_back => {
+            failed(&run, &e);
             let id = &run.request_id;
             log::warn!(
                 "[{id}] task {}: {e} at the edge; retrying in a region",
@@ -93,8 +98,10 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
             return Ok(Served::FallBack);
         }
         Err(e) => {
+            failed(&run, &e);
             let detail = format!("[{}] task {}: {e}", run.request_id, task.name);
-            fail(session, &run, e.kind(), &detail, e.shown().as_deref()).await?;
+            let shown = e.shown();
+            fail(session, &run, e.kind(), &detail, shown.as_deref(), None).await?;
             return Ok(Served::Answered);
         }
     };
@@ -121,6 +128,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
         }
     }
     if complete {
+        run.task.failures.succeeded();
         write_whole(session, head, crate::body::concat(chunks)).await?;
     } else {
         write_streamed(session, head, chunks, &mut run, &mut response).await?;
@@ -147,7 +155,7 @@ async fn body_for(session: &mut Session, run: &mut Inline<'_>) -> Result<Option<
                 ErrorKind::BodyTimeout => kind.message().to_string(),
                 _ => "cannot read the request body".to_string(),
             };
-            fail(session, run, kind, &message, None).await?;
+            fail(session, run, kind, &message, None, None).await?;
             Ok(None)
         }
     }
@@ -171,7 +179,7 @@ async fn slot_for(
         "[{}] task {}: no execution slot freed up within its deadline",
         run.request_id, run.task.name
     );
-    fail(session, run, ErrorKind::Busy, &detail, None).await?;
+    fail(session, run, ErrorKind::Busy, &detail, None, None).await?;
     Ok(None)
 }
 
@@ -208,13 +216,46 @@ async fn write_streamed(
     stream_rest(session, run, response).await
 }
 
-/// Answers an error, with the route's `Cache-Status` if it has one.
+/// A run that failed counts towards pausing the task (not the host's own failures).
+fn failed(run: &Inline<'_>, e: &TaskError) {
+    if matches!(e, TaskError::Host(_)) {
+        return;
+    }
+    let task = run.task;
+    if let Some(pause) = task.failures.failed(Instant::now()) {
+        log::warn!(
+            "[{}] task {} paused for {pause:?}: its runs keep failing (the last: {e})",
+            run.request_id,
+            task.name
+        );
+    }
+}
+
+/// Answers `503 paused` for a task paused for failing, with when to try again. The body
+/// stays unread, so the connection closes after the answer if one may follow.
+async fn paused(session: &mut Session, run: &Inline<'_>, left: std::time::Duration) -> Result<()> {
+    if crate::body::declared_body_len(session.req_header()) != Some(0) {
+        session.set_keepalive(None);
+    }
+    let detail = format!(
+        "[{}] task {}: paused for {left:?} more",
+        run.request_id, run.task.name
+    );
+    let retry = (
+        "retry-after",
+        left.as_secs_f64().ceil().max(1.0).to_string(),
+    );
+    fail(session, run, ErrorKind::Paused, &detail, None, Some(retry)).await
+}
+
+/// Answers an error, with the route's `Cache-Status` if it has one, and `extra`.
 async fn fail(
     session: &mut Session,
     run: &Inline<'_>,
     kind: ErrorKind,
     detail: &str,
     shown: Option<&str>,
+    extra: Option<(&'static str, String)>,
 ) -> Result<()> {
     if kind.status() >= 500
         && let Some((cache, ctx)) = &run.cache
@@ -225,11 +266,9 @@ async fn fail(
         log::warn!("served a stale response: {detail}");
         return Ok(());
     }
-    let status = run
-        .cache
-        .as_ref()
-        .map(|(_, ctx)| ("cache-status", ctx.error_status()));
-    respond::error_with(session, kind, detail, shown, status).await
+    let status = (run.cache.as_ref()).map(|(_, ctx)| ("cache-status", ctx.error_status()));
+    let headers: Vec<_> = status.into_iter().chain(extra).collect();
+    respond::error_with(session, kind, detail, shown, &headers).await
 }
 
 /// Streams the rest of a long body. A failure now can only cut the response short.
@@ -247,6 +286,7 @@ async fn stream_rest(
                 session.write_response_body(Some(chunk), false).await?;
             }
             Ok(None) => {
+                run.task.failures.succeeded();
                 if let Some((cache, ctx)) = &mut run.cache {
                     ctx.on_end(cache);
                 }
@@ -255,6 +295,7 @@ async fn stream_rest(
             // Logged where the error is answered (`fail_to_proxy`), which can only cut
             // the response short now: a chunked body without its last chunk.
             Err(e) => {
+                failed(run, &e);
                 let detail = format!("[{}] task {}: {e}", run.request_id, run.task.name);
                 return Err(e.kind().to_pingora(detail));
             }

@@ -395,6 +395,7 @@ fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
         )
     })?;
     runtime.set_guest_log(config.guest_log);
+    runtime.set_failing(config.placement.failing);
     if let Some(cache) = &config.code_cache {
         runtime
             .keep_code_in(&cache.dir, cache.max_bytes)

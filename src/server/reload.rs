@@ -215,6 +215,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<ConfigError> {
         "placement.guest_memory",
         before.guest_memory == after.guest_memory,
     );
+    check("placement.failing", before.failing == after.failing);
     // The engine's instance pool is sized for the largest task memory at start.
     let pool = capacity(old).max_memory;
     for task in new.tasks.values().filter(|t| t.limits.memory > pool) {

@@ -6,6 +6,7 @@
 //! wall-clock deadline (see [`exec`]).
 
 mod exec;
+mod failing;
 mod host;
 mod store;
 
@@ -22,6 +23,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::config::{Limits, TaskSpec};
 pub use exec::{GuestResponse, TaskError};
+pub use failing::{FailPolicy, Failures};
 use host::{GuestMemory, Host};
 pub use store::{CodeStore, is_digest, write_atomically};
 
@@ -71,6 +73,8 @@ pub struct Runtime {
     slot_waits: std::sync::atomic::AtomicU64,
     /// The level guests' stdout and stderr lines are logged at (target `poplar::guest`).
     guest_log: log::Level,
+    /// When tasks loaded from now on are paused for failing (`placement.failing`).
+    failing: FailPolicy,
     /// Linear memory held by every execution, against `placement.guest_memory`.
     memory: Arc<GuestMemory>,
     /// Compiled code kept on disk (`code_cache:`), if any.
@@ -139,6 +143,7 @@ impl Runtime {
             ticker,
             slot_waits: std::sync::atomic::AtomicU64::new(0),
             guest_log: log::Level::Info,
+            failing: FailPolicy::default(),
             memory: Arc::new(GuestMemory::new(capacity.guest_memory)),
             store: None,
             code: CodeStats::default(),
@@ -159,6 +164,11 @@ impl Runtime {
     /// Logs the guests of tasks loaded from now on at `level`.
     pub fn set_guest_log(&mut self, level: log::Level) {
         self.guest_log = level;
+    }
+
+    /// Pauses tasks loaded from now on whose runs keep failing, as `policy` says.
+    pub fn set_failing(&mut self, policy: FailPolicy) {
+        self.failing = policy;
     }
 
     /// Executions running now (slots taken), and how many can run at once.
@@ -261,6 +271,7 @@ impl Runtime {
             ready,
             guest_log: self.guest_log,
             memory: self.memory.clone(),
+            failures: Failures::new(self.failing),
             pre,
         })
     }
@@ -345,6 +356,8 @@ pub struct Task {
     guest_log: log::Level,
     /// The runtime's budget its executions' memory is taken from.
     memory: Arc<GuestMemory>,
+    /// Its runs that failed in a row, and whether it is paused for them.
+    pub failures: Failures,
     pre: ProxyPre<Host>,
 }
 

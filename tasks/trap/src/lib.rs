@@ -1,12 +1,13 @@
 //! `trap`: an abusive task for tests. It panics, which traps the instance.
 //!
-//! Without a query it panics before answering. `?after=N` first sends a `200` head and `N`
+//! Without a query it panics before answering. `?ok=1` answers `200 ok` instead (a run
+//! that did not fail, for tests of pausing tasks that keep failing). `?after=N` first sends a `200` head and `N`
 //! bytes of body, then panics mid-body: a response that did not complete. `&length=L` makes
 //! the head declare `content-length: L` (the whole body the task promised).
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Trap;
@@ -23,6 +24,18 @@ impl Guest for Trap {
                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
                 .and_then(|v| v.parse::<usize>().ok())
         };
+        if param("ok").is_some() {
+            let response = OutgoingResponse::new(Fields::new());
+            let body = response.body().expect("body is taken once");
+            ResponseOutparam::set(out, Ok(response));
+            let stream = body.write().expect("stream is taken once");
+            stream
+                .blocking_write_and_flush(b"ok\n")
+                .expect("host accepts the body");
+            drop(stream);
+            OutgoingBody::finish(body, None).expect("the body ends");
+            return;
+        }
         let Some(after) = param("after") else {
             panic!("the trap task always fails (asked for {path})");
         };
