@@ -3,6 +3,8 @@
 # capacity for a set time, watching the edge's RSS, open file descriptors and answers.
 #
 #   scripts/soak.sh [seconds]            (default 600: ten minutes)
+#   SOAK_POPLAR=target/debug/poplar scripts/soak.sh 30    that build instead of a release
+#                                        one (CI runs this: the answers are checked, not speed)
 #
 # One edge (release build, `threads: 2`) in front of a region and an nginx origin serves:
 # inline hello, forwarded echo (to the region), cache hits and misses (a cached origin route,
@@ -22,8 +24,12 @@ connections=32
 
 scripts/setup.sh wrk nginx
 scripts/build-tasks.sh
-cargo build --release --quiet --bin poplar
-poplar="$root/target/release/poplar"
+if [ -n "${SOAK_POPLAR:-}" ]; then
+  poplar=$(realpath "$SOAK_POPLAR")
+else
+  cargo build --release --quiet --bin poplar
+  poplar="$root/target/release/poplar"
+fi
 
 [ -n "${SOAK_KEEP:-}" ] && keep_work=/tmp/soak-work
 source scripts/servers.sh
@@ -130,6 +136,8 @@ target=$(python3 -c "print(round(0.8 * $capacity))")
 pace=$(python3 -c "print(max(1, round($connections * 1000 / $target)))")
 echo "soak: capacity $capacity req/s; pacing $connections connections at ${pace} ms for ~$target req/s, ${duration}s" >&2
 
+# What the capacity run was answered (at full load, past 100%) is not the soak's.
+curl -s http://127.0.0.1:18723/metrics >"$work/metrics-before.txt"
 samples="$work/samples"
 : >"$samples"
 start=$(date +%s)
@@ -147,7 +155,7 @@ wait "$load" || true
 cat "$work/wrk.txt"
 curl -s http://127.0.0.1:18723/metrics >"$work/metrics.txt"
 
-python3 - "$samples" "$work/metrics.txt" "$work/edge.yaml" "$work/wrk.txt" <<'EOF'
+python3 - "$samples" "$work/metrics.txt" "$work/edge.yaml" "$work/wrk.txt" "$work/metrics-before.txt" <<'EOF'
 import re, sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 print("seconds  rss_MB  fds")
@@ -162,17 +170,22 @@ if len(warm) >= 2:
     slope = sum((t - mx) * (r - my) for t, r, _ in warm) / sxx if sxx else 0.0
     print(f"RSS slope after warm-up: {slope * 60 / 1024:+.2f} MB/min over {warm[-1][0] - warm[0][0]} s")
 routes = re.findall(r"path_prefix: (/\w+)", open(sys.argv[3]).read())
-print("answers by route and status (poplar_requests_total):")
+print("answers by route and status (poplar_requests_total, the soak's: after the capacity run):")
 bad = False
 healthy = {"/hello", "/far", "/cached", "/origin"}
-for line in open(sys.argv[2]):
-    m = re.match(r'poplar_requests_total\{route="(\w+)",status="(\w+)"\} (\d+)', line)
-    if not m:
-        continue
-    route, status, count = m.groups()
+def requests(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'poplar_requests_total\{route="(\w+)",status="(\w+)"\} (\d+)', line)
+        if m:
+            out[m.groups()[:2]] = int(m.group(3))
+    return out
+before = requests(sys.argv[5])
+for (route, status), total in requests(sys.argv[2]).items():
+    count = total - before.get((route, status), 0)
     name = routes[int(route)] if route.isdigit() and int(route) < len(routes) else route
     print(f"  {name:10s} {status} {count}")
-    if name in healthy and status != "2xx" and int(count) > 0:
+    if name in healthy and status != "2xx" and count > 0:
         bad = True
 # Every answer by status and error kind, as the client saw it. The kinds the mix provokes:
 # the abusive guests' (trap, memory, deadline, and paused once they keep failing) and the

@@ -12,5 +12,8 @@ scripts/build-tasks.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+# A short soak (docs/RELIABILITY.md): a mixed load with abusive guests and bad requests, at
+# 80% of what this build takes; fails on a healthy route's non-2xx or an unexpected error kind.
+SOAK_POPLAR=target/debug/poplar scripts/soak.sh 30
 # The image and the Kubernetes manifests (with the binary the tests built).
 scripts/check-deploy.sh target/debug/poplar
