@@ -219,6 +219,9 @@ def main():
         # closes it after 1,000 requests, which would land inside the count) and a code cache.
         newer = "" if args.portable_config else (
             f"clients: {{ max_requests: 100000000 }}\ncode_cache: {{ dir: {work}/code }}\n")
+        # Older builds take an origin as ip:port only.
+        to_origin = f"127.0.0.1:{origin_port}" if args.portable_config else (
+            f"http://127.0.0.1:{origin_port}")
         with open(f"{work}/edge.yaml", "w") as f:
             f.write(f"""role: edge
 listen: "127.0.0.1:{poplar_port}"
@@ -232,10 +235,10 @@ routes:
     task: hello
     placement: edge
   - match: {{ path_prefix: /cached }}
-    origin: "http://127.0.0.1:{origin_port}"
+    origin: "{to_origin}"
     cache: {{ ttl: 1h }}
   - match: {{ path_prefix: /origin }}
-    origin: "http://127.0.0.1:{origin_port}"
+    origin: "{to_origin}"
 """)
         bare_static, bare_proxy, nginx_port = free_port(), free_port(), free_port()
         cache_port, proxy_port = free_port(), free_port()

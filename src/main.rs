@@ -271,6 +271,13 @@ fn demo(addrs: poplar::demo::DemoAddrs, tasks: PathBuf) -> ExitCode {
 }
 
 fn serve(file: PathBuf, upgrade: bool) -> ExitCode {
+    // Pingora's timer thread starts on the first request that sets a timeout, a thread
+    // spawn on that request's path (~1 ms of the first answer after start); start it now,
+    // beside reading the config.
+    drop(pingora::prelude::fast_timeout::fast_timeout(
+        std::time::Duration::from_secs(1),
+        std::future::ready(()),
+    ));
     let config = match poplar::config::load(&file) {
         Ok(config) => config,
         Err(errors) => {

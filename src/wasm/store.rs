@@ -237,10 +237,20 @@ impl CodeStore {
     }
 }
 
-/// `blake3:<hex>` of a file's bytes, hashed over a memory map on the rayon pool.
+/// Files at least this large are hashed on the rayon pool, smaller ones on this thread. The
+/// pool's threads spin (`sched_yield`) for a while after each job: at start-up, beside
+/// the listeners being set up on a 2-core machine, that cost `hello`'s first answer more
+/// than hashing its 1 MB artifact takes (docs/BENCHMARKS.md).
+const HASH_ON_POOL: u64 = 16 << 20;
+
+/// `blake3:<hex>` of a file's bytes, hashed over a memory map.
 fn checksum_of(path: &Path) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
+    if std::fs::metadata(path)?.len() >= HASH_ON_POOL {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        hasher.update_mmap(path)?;
+    }
     Ok(format!("blake3:{}", hasher.finalize().to_hex()))
 }
 
