@@ -491,8 +491,9 @@ impl Cache {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        let store = self.store.get();
         for key in &doomed {
-            if let Some(store) = self.store.get() {
+            if let Some(store) = store {
                 store.remove(&hash(key));
             }
             index.remove(key);

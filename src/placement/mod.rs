@@ -85,6 +85,16 @@ struct TaskEntry {
     state: Mutex<TaskState>,
 }
 
+impl TaskEntry {
+    /// The code that runs here: resident, or else pinned at start.
+    fn code_here<'a>(&'a self, state: &'a TaskState) -> Option<&'a Arc<Task>> {
+        match &state.code {
+            Code::Ready(task) => Some(task),
+            _ => self.pinned.as_ref(),
+        }
+    }
+}
+
 struct TaskState {
     hotness: Hotness,
     code: Code,
@@ -315,9 +325,11 @@ impl Placer {
                 fits_edge,
             )
         };
-        // A paused task's code is loaded: a task without code here has not run here.
-        let paused = (code.as_ref().or(entry.pinned.as_ref()))
-            .is_some_and(|task| task.failures.paused(now).is_some());
+        // Only `auto` looks (a pinned route's run answers `paused` itself). A paused task's
+        // code is loaded: a task without code here has not run here.
+        let paused = mode == Mode::Auto
+            && (code.as_ref().or(entry.pinned.as_ref()))
+                .is_some_and(|task| task.failures.paused(now).is_some());
         let candidate = mode == Mode::Auto && fits_edge && hot && absent;
         let below_floor = candidate && self.admission_floor(now).is_some_and(|floor| rate <= floor);
         let facts = Facts {
@@ -366,10 +378,7 @@ impl Placer {
     /// The task's compiled code, if it is loaded here (pinned or resident).
     pub fn loaded(&self, task: &str) -> Option<Arc<Task>> {
         let entry = self.tasks.get(task)?;
-        match &lock(&entry.state).code {
-            Code::Ready(task) => Some(task.clone()),
-            _ => entry.pinned.clone(),
-        }
+        entry.code_here(&lock(&entry.state)).cloned()
     }
 
     /// An inline run of `task` outgrew the edge: keep it off for a while.
@@ -525,10 +534,7 @@ impl Placer {
                     Code::Ready(task) => (Some(task.digest.clone()), Some(task.ready)),
                     _ => (None, None),
                 };
-                let code_here = match &state.code {
-                    Code::Ready(task) => Some(task),
-                    _ => entry.pinned.as_ref(),
-                };
+                let code_here = entry.code_here(&state);
                 let paused_for = code_here
                     .and_then(|t| t.failures.paused(now))
                     .map(|left| left.as_secs_f64());

@@ -684,11 +684,9 @@ impl ProxyHttp for Edge {
                 can_reuse_downstream: false,
             };
         }
-        let status: Vec<_> = (ctx.cache.as_ref())
-            .map(|c| ("cache-status", c.error_status()))
-            .into_iter()
-            .collect();
-        if let Err(write) = respond::error_with(session, kind, &e.to_string(), None, &status).await
+        let status = (ctx.cache.as_ref()).map(|c| ("cache-status", c.error_status()));
+        let headers = status.as_slice();
+        if let Err(write) = respond::error_with(session, kind, &e.to_string(), None, headers).await
         {
             log::debug!("cannot write the error response: {write}");
         }
