@@ -286,11 +286,17 @@ fn serve(file: PathBuf, upgrade: bool) -> ExitCode {
         }
     };
     // In an upgrade the old process holds the addresses: they are handed over, not bound.
-    if !upgrade && let Err(e) = poplar::server::probe_listeners(&config) {
-        eprintln!("poplar serve: {e}");
-        return ExitCode::FAILURE;
-    }
-    let server = poplar::server::build(&config, &file, upgrade);
+    let sockets = match upgrade {
+        true => poplar::server::Sockets::Upgrade,
+        false => match poplar::server::bind_listeners(&config) {
+            Ok(listeners) => poplar::server::Sockets::Bound(listeners),
+            Err(e) => {
+                eprintln!("poplar serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let server = poplar::server::build(&config, &file, sockets);
     match server {
         Ok(server) => {
             log::info!("serving {}", file.display());

@@ -327,6 +327,50 @@ fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
     );
 }
 
+#[test]
+fn a_connection_accepted_before_sigterm_has_its_first_request_answered() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let admin = released_addr();
+    let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
+    let (addr, file) = wstd_edge(dir.path(), &head, "", "/");
+    let log = dir.path().join("stderr.log");
+    let mut child = serve_logging_to(&file, &log, "info");
+    let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
+    wait_for("the admin endpoint", || metrics().is_ok());
+
+    // Accepted, its request not sent yet: what a client sees when the stop lands between its
+    // connect and its write.
+    let mut early = std::net::TcpStream::connect(addr).unwrap();
+    wait_for("the connection accepted", || {
+        metrics().is_ok_and(|m| m.contains("poplar_client_connections 1"))
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    wait_for("new connections refused", || {
+        std::net::TcpStream::connect(addr).is_err()
+    });
+    std::thread::sleep(Duration::from_millis(200)); // past the watchdog's first look
+    assert!(child.try_wait().unwrap().is_none(), "still up for it");
+
+    write!(
+        early,
+        "POST /echo HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 5\r\n\r\nhello"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "the whole body: {answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "not kept alive past the stop: {answer}"
+    );
+    let status = wait_for_exit(&mut child);
+    assert!(status.success(), "{status}");
+}
+
 /// `poplar serve -c file`, its stderr (at `RUST_LOG=level`) in `log`.
 fn serve_logging_to(file: &Path, log: &Path, level: &str) -> std::process::Child {
     poplar()

@@ -36,17 +36,31 @@ pub use capped::Connections;
 pub use reload::{RegionReloaded, RegionReloader, Reloaded, Reloader};
 use services::{EXIT_SLACK_SECS, ExitWatchdog, HandOver, ReloadOnHangUp, Reopen};
 
+/// Where the listening sockets of a server [`build`] makes come from.
+pub enum Sockets {
+    /// Bound by this process beforehand ([`bind_listeners`]).
+    Bound(Vec<TcpListener>),
+    /// Taken over from the running process (Pingora's graceful upgrade, on
+    /// `upgrade_socket`): the server waits up to 5 s for them, which the old process sends
+    /// on `SIGQUIT`.
+    Upgrade,
+}
+
 /// Builds the server for `config`, as `poplar serve` runs it: compiles the tasks it needs at
-/// start (slow: seconds for big ones). With `upgrade`, the listening sockets are taken over
-/// from the running process (Pingora's graceful upgrade, on `upgrade_socket`): this process
-/// waits up to 5 s for them, which the old one sends on `SIGQUIT`.
-pub fn build(config: &Config, source: &Path, upgrade: bool) -> Result<Server, ConfigErrors> {
+/// start (slow: seconds for big ones).
+pub fn build(config: &Config, source: &Path, sockets: Sockets) -> Result<Server, ConfigErrors> {
     let in_flight = InFlight::default();
+    let (listeners, upgrade) = match sockets {
+        Sockets::Bound(listeners) => (listeners, false),
+        Sockets::Upgrade => (Vec::new(), true),
+    };
+    let connections = Arc::<Connections>::default();
     let built = Built {
         work_stealing: false,
         clock: Clock::default(),
         in_flight: in_flight.clone(),
-        listeners: Vec::new(),
+        connections: connections.clone(),
+        listeners,
         signals: true,
         upgrade,
     };
@@ -57,6 +71,7 @@ pub fn build(config: &Config, source: &Path, upgrade: bool) -> Result<Server, Co
     let watchdog = ExitWatchdog {
         after: Duration::from_secs(drain + EXIT_SLACK_SECS),
         in_flight,
+        connections,
     };
     server.add_service(background_service("exit watchdog", watchdog));
     Ok(server)
@@ -67,6 +82,8 @@ struct Built {
     work_stealing: bool,
     clock: Clock,
     in_flight: InFlight,
+    /// Client connections open, over every listener.
+    connections: Arc<Connections>,
     /// Listeners bound already, handed to Pingora ([`HandOver`]).
     listeners: Vec<TcpListener>,
     /// Whether `SIGUSR1` reopens the access log: only where the process is the server's.
@@ -98,7 +115,7 @@ fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, Co
         access_log,
         hand_over: &hand_over,
         signals: built.signals,
-        connections: Arc::default(),
+        connections: built.connections,
     };
     let (sources, reload) = match config.role {
         Role::Edge => add_edge(&mut server, config, source, shared, clock)?,
@@ -461,16 +478,25 @@ fn server_conf(config: &Config, work_stealing: bool) -> ServerConf {
     }
 }
 
-/// Binds each listening address once and lets it go, before anything starts: an address
-/// that is taken or not ours is an error now, and `poplar serve` exits non-zero, where
-/// Pingora would retry it in a listener thread that then panics with the process still up.
-pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
+/// The backlog of each listening socket: Pingora's, when it binds one itself.
+const LISTEN_BACKLOG: i32 = 65535;
+
+/// Binds every listening address (`listen` and `admin.listen`) before anything starts, as
+/// Pingora would (`SO_REUSEADDR`, a backlog of 65535), and hands the sockets to the server
+/// ([`build`]): an address that is taken or not ours is an error now, and `poplar serve`
+/// exits non-zero, where Pingora would retry it in a listener thread that then panics with
+/// the process still up; and each address accepts connections (into its backlog) from the
+/// moment the admin endpoint answers, where Pingora binds each service's addresses when that
+/// service's thread starts, so a readiness probe could pass before the proxy listened.
+pub fn bind_listeners(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
     let mut problems = Vec::new();
+    let mut bound = Vec::new();
     let listeners = config.listeners.iter().map(|l| ("listen", l.addr));
     let admin = config.admin.as_ref().map(|a| ("admin.listen", a.listen));
     for (key, addr) in listeners.chain(admin) {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            problems.push(format!("cannot listen on {addr} ({key}): {e}"));
+        match bind(addr) {
+            Ok(listener) => bound.push(listener),
+            Err(e) => problems.push(format!("cannot listen on {addr} ({key}): {e}")),
         }
     }
     if let Some(admin) = config.admin.as_ref().filter(|a| !a.guard_reads)
@@ -482,9 +508,18 @@ pub fn probe_listeners(config: &Config) -> anyhow::Result<()> {
         );
     }
     match problems.is_empty() {
-        true => Ok(()),
+        true => Ok(bound),
         false => anyhow::bail!("{}", problems.join("; ")),
     }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// A server running on a thread of this process, as tests and `poplar demo` use it.
@@ -501,8 +536,8 @@ pub struct Running {
 impl Running {
     /// Builds and starts the server, and waits until it accepts connections.
     pub fn start(config: &Config, source: &Path) -> anyhow::Result<Running> {
-        probe_listeners(config)?;
-        Running::start_on(config, source, Vec::new())
+        let listeners = bind_listeners(config)?;
+        Running::start_on(config, source, listeners)
     }
 
     /// [`Running::start`] on listeners the caller has bound already: one whose address is
@@ -519,6 +554,7 @@ impl Running {
             work_stealing: true,
             clock: clock.clone(),
             in_flight: InFlight::default(),
+            connections: Arc::default(),
             listeners,
             signals: false,
             upgrade: false,

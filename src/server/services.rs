@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 
+use super::capped::Connections;
 use crate::access_log::AccessLog;
 use crate::admin::Reload;
 use crate::metrics::InFlight;
@@ -31,18 +32,25 @@ impl pingora_core::services::background::BackgroundService for Together {
 /// How long past its drain a stopping server may take before the watchdog ends it.
 pub(super) const EXIT_SLACK_SECS: u64 = 5;
 
-/// Once a shutdown has begun, ends the process as soon as no request is in flight (Pingora
-/// would sleep out the whole grace period however idle), and in any case if the shutdown
-/// has not finished well after its drain: Pingora 0.9.1's accept loop could spin on "the
-/// runtime is being shut down" errors, the process never exiting (fixed in the patched
-/// pingora-core, `vendor/README.md`; this stays as a second guard). Only for `poplar serve`:
-/// an in-process server must not end its host process.
+/// Once a shutdown has begun, ends the process as soon as no client connection is open and
+/// no request in flight (Pingora would sleep out the whole grace period however idle), and in
+/// any case if the shutdown has not finished well after its drain: Pingora 0.9.1's accept
+/// loop could spin on "the runtime is being shut down" errors, the process never exiting
+/// (fixed in the patched pingora-core, `vendor/README.md`; this stays as a second guard).
+/// Connections, not only requests: one accepted just before the shutdown whose request has
+/// not arrived yet is served (the patched pingora-proxy reads its first request), and ending
+/// the process under it would reset it. Idle kept-alive connections are closed at the
+/// shutdown, so they do not hold it. Only for `poplar serve`: an in-process server must not
+/// end its host process.
 pub(super) struct ExitWatchdog {
     pub(super) after: Duration,
     pub(super) in_flight: InFlight,
+    pub(super) connections: Arc<Connections>,
 }
 
-/// How often a stopping server looks for requests still in flight.
+/// How often a stopping server looks for connections still open. The first look is one
+/// period into the shutdown, so that a connection accepted as it began has reached the
+/// proxy (and is counted) by then.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 #[async_trait::async_trait]
@@ -54,17 +62,18 @@ impl pingora_core::services::background::BackgroundService for ExitWatchdog {
             }
         }
         let (after, in_flight) = (self.after, self.in_flight.clone());
+        let connections = self.connections.clone();
         std::thread::spawn(move || {
             let began = Instant::now();
             while began.elapsed() < after {
-                if in_flight.now() == 0 {
+                std::thread::sleep(DRAIN_POLL);
+                if in_flight.now() == 0 && connections.open() == 0 {
                     log::info!(
-                        "no request in flight {:?} into the shutdown: exiting",
+                        "no request in flight and no connection open {:?} into the shutdown: exiting",
                         began.elapsed()
                     );
                     std::process::exit(0);
                 }
-                std::thread::sleep(DRAIN_POLL);
             }
             log::error!("shutdown did not finish {after:?} after it began: exiting now");
             std::process::exit(0);

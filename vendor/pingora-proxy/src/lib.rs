@@ -344,10 +344,17 @@ where
     {
         // phase 1 read request header
 
+        // Poplar patch: a connection's first request is read even once the service is shutting
+        // down (within the head limits' deadlines), as nginx does: the connection was accepted
+        // before the shutdown and its request may still be on its way, and dropping it would
+        // reset the connection with the request unanswered (a client retries a request only
+        // on a reused connection closed under it). A kept-alive connection waiting for its
+        // next request is still dropped.
+        let reused = downstream_session.is_reused();
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
+            _ = self.await_shutdown(), if reused => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;
             }

@@ -368,6 +368,11 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                // Poplar patch: the proxy tells a kept-alive connection's next request from
+                // a connection's first (a shutdown drops only the first kind while it waits).
+                if let ServerSession::H1(s) = &mut session {
+                    s.set_reused();
+                }
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -322,6 +322,15 @@ impl Session {
         }
     }
 
+    /// Poplar patch: whether this is a later request on a kept-alive HTTP/1 connection (one
+    /// that served a request before). Always false for h2, subrequest and custom sessions.
+    pub fn is_reused(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_reused(),
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => false,
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

@@ -160,6 +160,8 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// Poplar patch: see [`RequestHeadLimits`].
     head_limits: RequestHeadLimits,
+    /// Poplar patch: whether the connection served a request before this session's.
+    reused: bool,
 }
 
 /// Poplar patch: what a request head may take before it is refused, and how long a connection
@@ -238,7 +240,19 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             head_limits: RequestHeadLimits::default(),
+            reused: false,
         }
+    }
+
+    /// Poplar patch: marks the session as one on a kept-alive connection that served a
+    /// request before (set by the reuse loop of [`crate::apps`]).
+    pub fn set_reused(&mut self) {
+        self.reused = true;
+    }
+
+    /// Poplar patch: whether the connection served a request before this session's.
+    pub fn is_reused(&self) -> bool {
+        self.reused
     }
 
     /// Poplar patch: sets the limits on request heads (and the wait for the next one).
