@@ -285,13 +285,8 @@ fn the_admin_endpoint_cannot_share_the_proxys_address() {
 fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let admin = released_addr();
-    let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
-    let (addr, file) = wstd_edge(dir.path(), &head, "{ timeout: 10s }", "/");
-    let log = dir.path().join("stderr.log");
-    let mut child = serve_logging_to(&file, &log, "info");
+    let (addr, admin, mut child, log) = stoppable_edge(dir.path(), "{ timeout: 10s }");
     let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
-    wait_for("the admin endpoint", || metrics().is_ok());
 
     // A request in flight that cannot finish before this test sends the rest of its body.
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
@@ -331,13 +326,8 @@ fn sigterm_closes_the_listener_and_lets_the_request_in_flight_finish() {
 fn a_connection_accepted_before_sigterm_has_its_first_request_answered() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let admin = released_addr();
-    let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
-    let (addr, file) = wstd_edge(dir.path(), &head, "", "/");
-    let log = dir.path().join("stderr.log");
-    let mut child = serve_logging_to(&file, &log, "info");
+    let (addr, admin, mut child, _log) = stoppable_edge(dir.path(), "");
     let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
-    wait_for("the admin endpoint", || metrics().is_ok());
 
     // Accepted, its request not sent yet: what a client sees when the stop lands between its
     // connect and its write.
@@ -369,6 +359,22 @@ fn a_connection_accepted_before_sigterm_has_its_first_request_answered() {
     );
     let status = wait_for_exit(&mut child);
     assert!(status.success(), "{status}");
+}
+
+/// `poplar serve` of the wstd task on one thread with a 20 s grace period, once its admin
+/// endpoint answers: the proxy's address, the admin endpoint's, the process, its log.
+fn stoppable_edge(
+    dir: &Path,
+    limits: &str,
+) -> (SocketAddr, SocketAddr, std::process::Child, PathBuf) {
+    let admin = released_addr();
+    let head = format!("admin: {{ listen: \"{admin}\" }}\nthreads: 1\ngrace_period: 20s\n");
+    let (addr, file) = wstd_edge(dir, &head, limits, "/");
+    let log = dir.join("stderr.log");
+    let child = serve_logging_to(&file, &log, "info");
+    let metrics = || reqwest::blocking_get(format!("http://{admin}/metrics"));
+    wait_for("the admin endpoint", || metrics().is_ok());
+    (addr, admin, child, log)
 }
 
 /// `poplar serve -c file`, its stderr (at `RUST_LOG=level`) in `log`.

@@ -50,19 +50,14 @@ pub enum Sockets {
 /// start (slow: seconds for big ones).
 pub fn build(config: &Config, source: &Path, sockets: Sockets) -> Result<Server, ConfigErrors> {
     let in_flight = InFlight::default();
-    let (listeners, upgrade) = match sockets {
-        Sockets::Bound(listeners) => (listeners, false),
-        Sockets::Upgrade => (Vec::new(), true),
-    };
     let connections = Arc::<Connections>::default();
     let built = Built {
         work_stealing: false,
         clock: Clock::default(),
         in_flight: in_flight.clone(),
         connections: connections.clone(),
-        listeners,
+        sockets,
         signals: true,
-        upgrade,
     };
     let mut server = build_with(config, source, built)?;
     let conf = &server.configuration;
@@ -84,25 +79,25 @@ struct Built {
     in_flight: InFlight,
     /// Client connections open, over every listener.
     connections: Arc<Connections>,
-    /// Listeners bound already, handed to Pingora ([`HandOver`]).
-    listeners: Vec<TcpListener>,
+    /// Bound already (handed to Pingora, [`HandOver`]), or to come from the old process.
+    sockets: Sockets,
     /// Whether `SIGUSR1` reopens the access log: only where the process is the server's.
     signals: bool,
-    /// Whether the listening sockets come from the process being upgraded.
-    upgrade: bool,
 }
 
 fn build_with(config: &Config, source: &Path, built: Built) -> Result<Server, ConfigErrors> {
     let conf = server_conf(config, built.work_stealing);
+    let (listeners, upgrade) = match built.sockets {
+        Sockets::Bound(listeners) => (listeners, false),
+        Sockets::Upgrade => (Vec::new(), true),
+    };
     let opt = pingora_core::server::configuration::Opt {
-        upgrade: built.upgrade,
+        upgrade,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let hand_over = server.add_service(HandOver {
-        listeners: built.listeners,
-    });
+    let hand_over = server.add_service(HandOver { listeners });
     let (clock, in_flight) = (built.clock, built.in_flight);
     let access_log = open_access_log(config, source)?;
     if let Some(log) = access_log.as_ref().filter(|_| built.signals) {
@@ -555,9 +550,8 @@ impl Running {
             clock: clock.clone(),
             in_flight: InFlight::default(),
             connections: Arc::default(),
-            listeners,
+            sockets: Sockets::Bound(listeners),
             signals: false,
-            upgrade: false,
         };
         let server = build_with(config, source, built)?;
         let (stop, stopped) = watch::channel(false);

@@ -369,7 +369,8 @@ where
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
                 // Poplar patch: the proxy tells a kept-alive connection's next request from
-                // a connection's first (a shutdown drops only the first kind while it waits).
+                // a connection's first (a shutdown drops a connection waiting for its next
+                // request, not one waiting for its first).
                 if let ServerSession::H1(s) = &mut session {
                     s.set_reused();
                 }
