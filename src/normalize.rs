@@ -29,12 +29,25 @@ pub fn strip_port(host: &str) -> &str {
 
 /// The normalised path, or `None` when `raw` is normal already (no allocation then).
 pub fn path(raw: &str) -> Option<String> {
-    if !raw.contains('%') && !raw.contains("//") && !raw.contains("/.") {
+    if is_plain(raw.as_bytes()) {
         return None;
     }
     let decoded = decode_unreserved(raw);
     let resolved = resolve(&decoded);
     (resolved != raw).then_some(resolved)
+}
+
+/// No `%`, `//` or `/.` anywhere: nothing to normalise. One pass over the bytes, on every
+/// request.
+fn is_plain(path: &[u8]) -> bool {
+    let mut after_slash = false;
+    for &b in path {
+        if b == b'%' || (after_slash && matches!(b, b'/' | b'.')) {
+            return false;
+        }
+        after_slash = b == b'/';
+    }
+    true
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -153,6 +166,23 @@ mod tests {
         }
         for normal in ["/", "/hello", "/a/b/", "/a.b/c", "/x%2F"] {
             assert_eq!(path(normal), None, "{normal} is normal already");
+        }
+    }
+
+    #[test]
+    fn a_plain_path_is_one_without_percent_double_slash_or_slash_dot() {
+        // Every string of up to 6 of the bytes that matter.
+        let mut paths = vec![String::new()];
+        for _ in 0..6 {
+            let longer: Vec<String> = (paths.iter())
+                .flat_map(|p| ['/', '.', '%', 'a'].map(|c| format!("{p}{c}")))
+                .collect();
+            paths.extend(longer);
+        }
+        paths.dedup();
+        for p in &paths {
+            let plain = !p.contains('%') && !p.contains("//") && !p.contains("/.");
+            assert_eq!(is_plain(p.as_bytes()), plain, "{p:?}");
         }
     }
 

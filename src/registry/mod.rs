@@ -291,7 +291,9 @@ impl Registry {
             LoadError::CoreModule | LoadError::Compile(_) | LoadError::Link(_) => {
                 Refused::Unrunnable(e.to_string())
             }
-            LoadError::Read { .. } | LoadError::FromRegions => Refused::Storage(e.to_string()),
+            LoadError::Read { .. } | LoadError::FromRegions | LoadError::Changed { .. } => {
+                Refused::Storage(e.to_string())
+            }
         })?;
         let path = self.code_path(&digest);
         if !path.exists() {

@@ -394,7 +394,7 @@ pub fn load_tasks(
     let runtime = runtime(config, source)?;
     // A task from regions has nothing to compile here.
     let files = config.tasks.values().filter(|t| t.wasm.is_some());
-    let tasks = load(&runtime, files, source)?;
+    let tasks = load(&runtime, files, &HashMap::new(), source)?;
     Ok((runtime, tasks))
 }
 
@@ -419,13 +419,15 @@ fn runtime(config: &Config, source: &Path) -> Result<Runtime, ConfigErrors> {
     Ok(runtime)
 }
 
-/// Compiles tasks; one that cannot load is a config error at its `wasm` key.
+/// Compiles tasks (or loads their compiled code: `versions` holds the digests already
+/// taken); one that cannot load is a config error at its `wasm` key.
 fn load<'a>(
     runtime: &Runtime,
     specs: impl IntoIterator<Item = &'a TaskSpec>,
+    versions: &HashMap<String, String>,
     source: &Path,
 ) -> Result<Vec<Arc<Task>>, ConfigErrors> {
-    let (tasks, failed) = wasm::load_all(runtime, specs);
+    let (tasks, failed) = wasm::load_all(runtime, specs, versions);
     if failed.is_empty() {
         return Ok(tasks);
     }

@@ -145,7 +145,7 @@ impl RegionReloader {
                 }
             }
         }
-        for task in load(&self.runtime, to_load, &self.source)? {
+        for task in load(&self.runtime, to_load, &versions, &self.source)? {
             tasks.insert(task.name.clone(), task);
         }
         let key = config
@@ -269,7 +269,7 @@ pub(super) fn live(
         }
         (kept, to_load)
     };
-    pinned.extend(load(runtime, to_load, source)?);
+    pinned.extend(load(runtime, to_load, &versions, source)?);
     let key = config.forwarding_key.clone();
     if !config.regions.is_empty() && key.is_none() {
         return Err(no_key(source));

@@ -48,6 +48,8 @@ pub enum LoadError {
     Link(wasmtime::Error),
     #[error("its code comes from regions, not a file here")]
     FromRegions,
+    #[error("{path} changed while it was being loaded: load it again")]
+    Changed { path: String },
 }
 
 /// What the engine must be able to hold at once.
@@ -215,21 +217,24 @@ impl Runtime {
 
     pub fn load_bytes(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Task, LoadError> {
         let digest = digest(bytes);
-        let (component, ready) = self.component(bytes, &digest)?;
+        let (component, ready) = match self.kept(&digest) {
+            Some(made) => made,
+            None => self.compile(bytes, &digest)?,
+        };
         self.link(name, digest, &component, limits, ready)
     }
 
-    /// The component of `bytes` (whose digest is `digest`): loaded compiled from the code
-    /// cache if it is there, else compiled (and kept there).
-    fn component(&self, bytes: &[u8], digest: &str) -> Result<(Component, Ready), LoadError> {
+    /// The compiled component of code `digest` from the code cache, if it is there: no
+    /// need to read (or hash) the wasm again.
+    fn kept(&self, digest: &str) -> Option<(Component, Ready)> {
         let started = std::time::Instant::now();
-        if let Some(component) = self
-            .store
-            .as_ref()
-            .and_then(|s| s.compiled(&self.engine, digest))
-        {
-            return Ok((component, self.made(false, started)));
-        }
+        let component = self.store.as_ref()?.compiled(&self.engine, digest)?;
+        Some((component, self.made(false, started)))
+    }
+
+    /// Compiles `bytes` (whose digest is `digest`) and keeps the result in the code cache.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, Ready), LoadError> {
+        let started = std::time::Instant::now();
         if bytes.starts_with(b"\0asm\x01\0\0\0") {
             return Err(LoadError::CoreModule);
         }
@@ -446,32 +451,67 @@ pub fn digest(wasm: &[u8]) -> String {
         .collect()
 }
 
-/// Loads every task of a config, collecting the failures by task name.
+/// Loads every task of a config, collecting the failures by task name. `known` holds the
+/// digests of wasm files already read (the config's versions): a task whose compiled code
+/// is in the code cache is then loaded without reading its wasm again.
 pub fn load_all<'a>(
     runtime: &Runtime,
     specs: impl IntoIterator<Item = &'a TaskSpec>,
+    known: &HashMap<String, String>,
 ) -> (Vec<Arc<Task>>, Vec<(String, LoadError)>) {
     // Tasks built from the same wasm share one compilation.
     let mut compiled: HashMap<String, (Component, Ready)> = HashMap::new();
     let mut loaded = Vec::new();
     let mut failed = Vec::new();
     for spec in specs {
-        let task = read(spec).and_then(|bytes| {
-            let digest = digest(&bytes);
-            let (component, ready) = match compiled.get(&digest) {
-                Some(made) => made.clone(),
-                None => runtime.component(&bytes, &digest)?,
-            };
-            let task = runtime.link(&spec.name, digest.clone(), &component, spec.limits, ready)?;
-            compiled.insert(digest, (component, ready));
-            Ok(task)
-        });
+        let task = load_one(runtime, spec, known.get(&spec.name), &mut compiled);
         match task {
             Ok(task) => loaded.push(Arc::new(task)),
             Err(e) => failed.push((spec.name.clone(), e)),
         }
     }
     (loaded, failed)
+}
+
+fn load_one(
+    runtime: &Runtime,
+    spec: &TaskSpec,
+    known: Option<&String>,
+    compiled: &mut HashMap<String, (Component, Ready)>,
+) -> Result<Task, LoadError> {
+    let (digest, mut bytes) = match known {
+        Some(digest) => (digest.clone(), None),
+        None => {
+            let bytes = read(spec)?;
+            (digest(&bytes), Some(bytes))
+        }
+    };
+    let made = compiled.get(&digest).cloned();
+    let (component, ready) = match made.or_else(|| runtime.kept(&digest)) {
+        Some(made) => made,
+        None => {
+            let bytes = match bytes.take() {
+                Some(bytes) => bytes,
+                None => read_again(spec, &digest)?,
+            };
+            runtime.compile(&bytes, &digest)?
+        }
+    };
+    let task = runtime.link(&spec.name, digest.clone(), &component, spec.limits, ready)?;
+    compiled.insert(digest, (component, ready));
+    Ok(task)
+}
+
+/// The wasm of a task whose digest was taken before: refused if it has changed since.
+fn read_again(spec: &TaskSpec, digest: &str) -> Result<Vec<u8>, LoadError> {
+    let bytes = read(spec)?;
+    if self::digest(&bytes) != digest {
+        let path = spec.wasm.as_ref().map(|w| w.display().to_string());
+        return Err(LoadError::Changed {
+            path: path.unwrap_or_default(),
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -484,6 +524,48 @@ mod tests {
             std::thread::sleep(EPOCH_TICK);
             done()
         })
+    }
+
+    #[test]
+    fn kept_code_loads_without_reading_the_wasm_and_a_file_changed_since_its_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("hello.wasm");
+        let built = concat!(env!("CARGO_MANIFEST_DIR"), "/tasks/dist/hello.wasm");
+        std::fs::copy(built, &wasm).unwrap();
+        let capacity = Capacity {
+            instances: 1,
+            max_memory: 64 << 20,
+            guest_memory: 64 << 20,
+        };
+        let mut runtime = Runtime::new(capacity).unwrap();
+        runtime
+            .keep_code_in(&dir.path().join("code"), 1 << 30)
+            .unwrap();
+        let spec = TaskSpec {
+            name: "hello".into(),
+            wasm: Some(wasm.clone()),
+            limits: crate::config::Limits::default(),
+        };
+        let (loaded, failed) = load_all(&runtime, [&spec], &HashMap::new());
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(loaded[0].ready.compiled);
+        let known = HashMap::from([("hello".to_string(), loaded[0].digest.clone())]);
+
+        // Its compiled code is kept: the wasm is not read again (it is gone).
+        std::fs::remove_file(&wasm).unwrap();
+        let (loaded, failed) = load_all(&runtime, [&spec], &known);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(!loaded[0].ready.compiled);
+
+        // With nothing kept, a file whose bytes are no longer the digest's is refused.
+        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+        let fresh = Runtime::new(capacity).unwrap();
+        let (loaded, failed) = load_all(&fresh, [&spec], &known);
+        assert!(loaded.is_empty());
+        assert!(
+            matches!(&failed[..], [(name, LoadError::Changed { .. })] if name == "hello"),
+            "{failed:?}"
+        );
     }
 
     #[test]
