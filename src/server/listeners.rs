@@ -10,7 +10,6 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::v1::server::RequestHeadLimits;
 use pingora_core::server::Server;
-use pingora_core::services::ServiceHandle;
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyHttp;
 
@@ -21,14 +20,14 @@ use crate::tls::Resolver;
 /// A TLS listener's certificate choice, by its address: what a reload replaces.
 pub type Resolvers = Vec<(SocketAddr, Arc<Resolver>)>;
 
-/// Adds `proxy` to `server` on every listener, each service starting after `hand_over`,
-/// its client connections held to `clients` (counted in `connections`).
+/// Adds `proxy` to `server` on every listener, its client connections held to `clients`
+/// (counted in `connections`), the first of its services first in `order`.
 pub(super) fn add<P>(
     server: &mut Server,
     listeners: &[ListenerSpec],
     proxy: P,
     (name, clients, connections): (&str, &ClientLimits, &Arc<Connections>),
-    hand_over: &ServiceHandle,
+    order: &mut super::StartOrder,
 ) -> Result<Resolvers, ConfigError>
 where
     P: ProxyHttp + Clone + Send + Sync + 'static,
@@ -68,7 +67,7 @@ where
             service.add_tls_with_settings(&addr, None, settings);
             resolvers.push((listener.addr, resolver));
         }
-        server.add_service(service).add_dependency(hand_over);
+        order.proxy(server.add_service(service));
     }
     Ok(resolvers)
 }

@@ -1,5 +1,5 @@
-//! The services a Poplar server adds to Pingora's beside its proxies: the hand-over of
-//! listeners bound beforehand, the exit watchdog of a stop, the access log's reopening,
+//! The services a Poplar server adds to Pingora's beside its proxies (and the hand-over of
+//! listeners bound beforehand): the exit watchdog of a stop, the access log's reopening,
 //! reloads on `SIGHUP`, and [`Together`], background services sharing one thread.
 
 use std::net::TcpListener;
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::server::{ListenFds, ShutdownWatch};
-use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 
 use super::capped::Connections;
 use crate::access_log::AccessLog;
@@ -150,39 +149,17 @@ impl pingora_core::services::background::BackgroundService for ReloadOnHangUp {
 
 /// Hands listeners bound before the server was built to Pingora: each goes into the table
 /// of listening sockets under its address, where Pingora's listener for that address takes
-/// it instead of binding (the table graceful upgrades fill). The listening services wait
-/// for this one, so the table is filled before any of them binds.
-pub(super) struct HandOver {
-    pub(super) listeners: Vec<TcpListener>,
-}
-
-#[async_trait::async_trait]
-impl ServiceWithDependents for HandOver {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        _shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-        ready: ServiceReadyNotifier,
-    ) {
-        for listener in self.listeners.drain(..) {
-            let (Some(fds), Ok(addr)) = (&fds, listener.local_addr()) else {
-                continue; // dropped: Pingora binds the address itself
-            };
-            if let Err(e) = listener.set_nonblocking(true) {
-                log::warn!("listener on {addr}: {e}; Pingora binds it anew");
-                continue;
-            }
-            fds.lock().add(addr.to_string(), listener.into_raw_fd());
+/// it instead of binding (the table graceful upgrades fill). Done before the server runs,
+/// so the table is filled before any service binds.
+pub(super) fn hand_over(fds: &ListenFds, listeners: Vec<TcpListener>) {
+    for listener in listeners {
+        let Ok(addr) = listener.local_addr() else {
+            continue; // dropped: Pingora binds the address itself
+        };
+        if let Err(e) = listener.set_nonblocking(true) {
+            log::warn!("listener on {addr}: {e}; Pingora binds it anew");
+            continue;
         }
-        ready.notify_ready();
-    }
-
-    fn name(&self) -> &str {
-        "listener hand-over"
-    }
-
-    fn threads(&self) -> Option<usize> {
-        Some(1)
+        fds.lock().add(addr.to_string(), listener.into_raw_fd());
     }
 }

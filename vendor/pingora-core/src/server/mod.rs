@@ -370,8 +370,12 @@ impl Server {
     }
 
     /// Get the configured file descriptors for listening
+    ///
+    /// Poplar patch: public, so that sockets bound before the server runs can be put in the
+    /// table (under their addresses, as an upgrade's inherited ones are) before any service
+    /// starts, without a service of its own that the listening services wait for.
     #[cfg(unix)]
-    fn listen_fds(&self) -> ListenFds {
+    pub fn listen_fds(&self) -> ListenFds {
         self.bootstrap.lock().get_fds()
     }
 
