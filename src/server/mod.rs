@@ -76,7 +76,8 @@ pub fn build(config: &Config, source: &Path, sockets: Sockets) -> Result<Server,
 /// The proxy starts first, every other service after it: Pingora starts services in
 /// dependency order, making a runtime and a thread for each on the way, and the first
 /// request need not wait for those of the admin endpoint, the upkeep, the signal handlers
-/// and the watchdog (0.8 ms of a start here).
+/// and the watchdog. (With the sockets handed over before the run as well, the server
+/// running to its first request read went from 2.0 to 1.1 ms here.)
 #[derive(Default)]
 struct StartOrder {
     proxy: Option<ServiceHandle>,
