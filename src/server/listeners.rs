@@ -2,14 +2,16 @@
 //! their certificates chosen per handshake ([`crate::tls::Resolver`]) and ALPN `h2` and
 //! `http/1.1`. Pingora takes h2c (HTTP/2 with prior knowledge) per service, not per
 //! listener, so plain listeners with `h2c` get a service of their own, sharing the proxy.
+//! Sockets bound before the server was built are handed to Pingora here too.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::v1::server::RequestHeadLimits;
-use pingora_core::server::Server;
+use pingora_core::server::{ListenFds, Server};
 use pingora_core::services::listening::Service;
 use pingora_proxy::ProxyHttp;
 
@@ -70,6 +72,23 @@ where
         order.proxy(server.add_service(service));
     }
     Ok(resolvers)
+}
+
+/// Hands listeners bound before the server was built to Pingora: each goes into the table
+/// of listening sockets under its address, where Pingora's listener for that address takes
+/// it instead of binding (the table graceful upgrades fill). Done before the server runs,
+/// so the table is filled before any service binds.
+pub(super) fn hand_over(fds: &ListenFds, listeners: Vec<TcpListener>) {
+    for listener in listeners {
+        let Ok(addr) = listener.local_addr() else {
+            continue; // dropped: Pingora binds the address itself
+        };
+        if let Err(e) = listener.set_nonblocking(true) {
+            log::warn!("listener on {addr}: {e}; Pingora binds it anew");
+            continue;
+        }
+        fds.lock().add(addr.to_string(), listener.into_raw_fd());
+    }
 }
 
 /// Pingora's options for a service: the client limits, and h2c if asked for.

@@ -110,7 +110,7 @@ struct Built {
     in_flight: InFlight,
     /// Client connections open, over every listener.
     connections: Arc<Connections>,
-    /// Bound already (handed to Pingora, [`services::hand_over`]), or to come from the old
+    /// Bound already (handed to Pingora, [`listeners::hand_over`]), or to come from the old
     /// process.
     sockets: Sockets,
     /// Whether `SIGUSR1` reopens the access log: only where the process is the server's.
@@ -133,7 +133,7 @@ fn build_with(
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    services::hand_over(&server.listen_fds(), listeners);
+    listeners::hand_over(&server.listen_fds(), listeners);
     let mut order = StartOrder::default();
     let (clock, in_flight) = (built.clock, built.in_flight);
     let access_log = open_access_log(config, source)?;
@@ -242,8 +242,8 @@ fn add_edge(
     // One thread for the edge's upkeep: each Pingora background service is a thread and a
     // runtime of its own, and these wait on the network, not the CPU.
     let upkeep = services::Together(vec![Box::new(checker), Box::new(keeper), Box::new(watch)]);
-    let name = "region health, origin names, task code";
-    (shared.order).later(server.add_service(background_service(name, upkeep)));
+    let upkeep = background_service("region health, origin names, task code", upkeep);
+    shared.order.later(server.add_service(upkeep));
     let edge = Edge::new(edge);
     let resolvers = listeners::add(
         server,

@@ -1,13 +1,11 @@
-//! The services a Poplar server adds to Pingora's beside its proxies (and the hand-over of
-//! listeners bound beforehand): the exit watchdog of a stop, the access log's reopening,
-//! reloads on `SIGHUP`, and [`Together`], background services sharing one thread.
+//! The services a Poplar server adds to Pingora's beside its proxies: the exit watchdog of
+//! a stop, the access log's reopening, reloads on `SIGHUP`, and [`Together`], background
+//! services sharing one thread.
 
-use std::net::TcpListener;
-use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::server::ShutdownWatch;
 
 use super::capped::Connections;
 use crate::access_log::AccessLog;
@@ -144,22 +142,5 @@ impl pingora_core::services::background::BackgroundService for ReloadOnHangUp {
     async fn start(&self, shutdown: ShutdownWatch) {
         let hup = tokio::signal::unix::SignalKind::hangup();
         on_signal(hup, "SIGHUP for reloads", shutdown, || self.reload()).await;
-    }
-}
-
-/// Hands listeners bound before the server was built to Pingora: each goes into the table
-/// of listening sockets under its address, where Pingora's listener for that address takes
-/// it instead of binding (the table graceful upgrades fill). Done before the server runs,
-/// so the table is filled before any service binds.
-pub(super) fn hand_over(fds: &ListenFds, listeners: Vec<TcpListener>) {
-    for listener in listeners {
-        let Ok(addr) = listener.local_addr() else {
-            continue; // dropped: Pingora binds the address itself
-        };
-        if let Err(e) = listener.set_nonblocking(true) {
-            log::warn!("listener on {addr}: {e}; Pingora binds it anew");
-            continue;
-        }
-        fds.lock().add(addr.to_string(), listener.into_raw_fd());
     }
 }

@@ -479,7 +479,7 @@ fn load_one(
     known: Option<&String>,
     compiled: &mut HashMap<String, (Component, Ready)>,
 ) -> Result<Task, LoadError> {
-    let (digest, mut bytes) = match known {
+    let (digest, bytes) = match known {
         Some(digest) => (digest.clone(), None),
         None => {
             let bytes = read(spec)?;
@@ -490,7 +490,7 @@ fn load_one(
     let (component, ready) = match made.or_else(|| runtime.kept(&digest)) {
         Some(made) => made,
         None => {
-            let bytes = match bytes.take() {
+            let bytes = match bytes {
                 Some(bytes) => bytes,
                 None => read_again(spec, &digest)?,
             };
