@@ -7,7 +7,8 @@
 # config below, which every build since c9afd22 reads), in front of one nginx origin. Each
 # round runs every scenario (static 404, inline hello, cache hit, origin route, edge to region)
 # with wrk -t1 -c32 for AB_DURATION seconds (default 5) against one build and then the other,
-# the order swapped every round; AB_ROUNDS rounds (default 6). Reported per scenario: each
+# the order swapped every round; AB_ROUNDS rounds (default 6); AB_SCENARIOS="cache origin"
+# runs only those. Reported per scenario: each
 # build's median requests/s and its edge's CPU per request (user + system, from /proc), the
 # new/old ratio of the medians and of every round. The ratio of a round, not one run, is the
 # measure: this machine's speed drifts by 15-25% between runs of the same binary.
@@ -99,7 +100,7 @@ for build in old new; do
   curl -s -o /dev/null "http://127.0.0.1:${edge_port[$build]}/cached"
 done
 
-scenarios=(static inline cache origin forward)
+read -r -a scenarios <<< "${AB_SCENARIOS:-static inline cache origin forward}"
 declare -A path=([static]=/none [inline]=/hello [cache]=/cached [origin]=/origin [forward]=/forwarded)
 hz=$(getconf CLK_TCK)
 : > "$work/results"
@@ -135,7 +136,7 @@ print("| scenario | old req/s (median) | new req/s (median) | new / old | rounds
       "| old CPU µs/req | new CPU µs/req |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 # The static scenario is a 404 by design; any other non-2xx answer spoils the comparison.
-for scenario in ["static", "inline", "cache", "origin", "forward"]:
+for scenario in [s for s in ["static", "inline", "cache", "origin", "forward"] if s in rows]:
     o, n = rows[scenario]["old"], rows[scenario]["new"]
     med = lambda xs: statistics.median(x[1] for x in xs)
     cpu = lambda xs: statistics.median(x[3] / hz / x[2] * 1e6 for x in xs)

@@ -26,7 +26,10 @@ pub fn primary_key(k: &KeyParts<'_>) -> String {
     let mut key = String::with_capacity(
         24 + k.version.len() + method.len() + k.host.len() + k.path_and_query.len() + 64,
     );
-    let _ = write!(key, "{}\n{}\n", k.route, k.version);
+    key.push_str(itoa::Buffer::new().format(k.route));
+    key.push('\n');
+    key.push_str(k.version);
+    key.push('\n');
     key.extend(method.chars().map(|c| c.to_ascii_uppercase()));
     key.push('\n');
     key.extend(k.host.chars().map(|c| c.to_ascii_lowercase()));
@@ -60,36 +63,40 @@ pub enum Status {
 
 impl Status {
     pub fn header(&self) -> String {
-        match self {
+        // Built with `push_str`, not `format!`: this runs on every hit.
+        let mut s = String::with_capacity(48);
+        s.push_str("poplar; ");
+        let detail = match self {
             Status::Hit {
                 ttl,
                 detail,
                 collapsed,
             } => {
-                let mut s = format!("poplar; hit; ttl={ttl}");
+                s.push_str("hit; ttl=");
+                s.push_str(itoa::Buffer::new().format(*ttl));
                 if *collapsed {
-                    s += "; collapsed";
+                    s.push_str("; collapsed");
                 }
-                if let Some(d) = detail {
-                    s += &format!("; detail={d}");
-                }
-                s
+                detail
             }
             Status::Forward {
                 fwd,
                 stored,
                 detail,
             } => {
-                let mut s = format!("poplar; fwd={}", fwd.as_str());
+                s.push_str("fwd=");
+                s.push_str(fwd.as_str());
                 if *stored {
-                    s += "; stored";
+                    s.push_str("; stored");
                 }
-                if let Some(d) = detail {
-                    s += &format!("; detail={d}");
-                }
-                s
+                detail
             }
+        };
+        if let Some(d) = detail {
+            s.push_str("; detail=");
+            s.push_str(d);
         }
+        s
     }
 }
 

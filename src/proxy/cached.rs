@@ -4,6 +4,8 @@
 
 use std::time::SystemTime;
 
+use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -15,17 +17,18 @@ use crate::cache::{
 };
 use crate::config::Target;
 use crate::proxy::EdgeLive as Live;
+use crate::proxy::respond::{self, CACHE_STATUS, PLACEMENT};
 use crate::routing::Route;
 
 /// Headers never copied from a stored response: hop-by-hop, framing, and our own.
-const NOT_REPLAYED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "age",
-    "cache-status",
-    "x-poplar-placement",
+static NOT_REPLAYED: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::AGE,
+    HeaderName::from_static("cache-status"),
+    HeaderName::from_static("x-poplar-placement"),
 ];
 
 /// What the cache phase did with a request.
@@ -243,46 +246,51 @@ pub async fn serve_stale_on_error(
     write_answer(session, cache, &entry, &status).await
 }
 
-/// Writes a stored response.
+/// Writes a stored response; its head shares names and values with the entry's
+/// ([`respond::head`]).
 async fn write(
     session: &mut Session,
     entry: &Entry,
     status: &Status,
     now: SystemTime,
 ) -> Result<()> {
-    let mut head = ResponseHeader::build(entry.status, Some(entry.headers.len() + 5))?;
-    for (name, value) in &entry.headers {
-        if !NOT_REPLAYED.contains(&name.as_str()) {
-            head.append_header(name.clone(), value.clone())?;
-        }
-    }
-    head.insert_header("age", entry.age(now).to_string())?;
-    // 204 and 304 have no body, and no Content-Length (RFC 9110, 8.6).
-    if !matches!(entry.status.as_u16(), 204 | 304) {
-        head.insert_header("content-length", entry.body.len())?;
-    }
-    head.insert_header("x-poplar-placement", "cache")?;
-    head.insert_header("cache-status", status.header())?;
+    let age = HeaderValue::from(entry.age(now));
+    let cache_status = respond::value(status.header(), "cache-status")?;
     if not_modified(session.req_header(), &entry.headers) {
-        let mut head = ResponseHeader::build(304, Some(8))?;
+        let mut head = HeaderMap::with_capacity(10);
         for name in [
-            "etag",
-            "cache-control",
-            "expires",
-            "vary",
-            "last-modified",
-            "content-location",
-            "date",
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::VARY,
+            header::LAST_MODIFIED,
+            header::CONTENT_LOCATION,
+            header::DATE,
         ] {
-            if let Some(value) = entry.headers.get(name) {
-                head.insert_header(name, value.clone())?;
+            for value in entry.headers.get_all(&name) {
+                head.append(name.clone(), value.clone());
             }
         }
-        head.insert_header("age", entry.age(now).to_string())?;
-        head.insert_header("x-poplar-placement", "cache")?;
-        head.insert_header("cache-status", status.header())?;
+        head.insert(header::AGE, age);
+        head.insert(PLACEMENT.clone(), HeaderValue::from_static("cache"));
+        head.insert(CACHE_STATUS.clone(), cache_status);
+        let head = respond::head(http::StatusCode::NOT_MODIFIED, head);
         return session.write_response_header(Box::new(head), true).await;
     }
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 4);
+    for (name, value) in &entry.headers {
+        if !NOT_REPLAYED.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(header::AGE, age);
+    // 204 and 304 have no body, and no Content-Length (RFC 9110, 8.6).
+    if !matches!(entry.status.as_u16(), 204 | 304) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    }
+    headers.insert(PLACEMENT.clone(), HeaderValue::from_static("cache"));
+    headers.insert(CACHE_STATUS.clone(), cache_status.clone());
+    let mut head = respond::head(entry.status, headers);
     let mut body = entry.body.clone();
     if entry.status == http::StatusCode::OK {
         match range::wanted(session.req_header(), &entry.headers, body.len()) {
@@ -290,16 +298,21 @@ async fn write(
             range::Wanted::Part(part) => {
                 head.set_status(206)?;
                 let content_range = format!("bytes {}-{}/{}", part.start, part.end - 1, body.len());
-                head.insert_header("content-range", content_range)?;
-                head.insert_header("content-length", part.len())?;
+                head.insert_header(header::CONTENT_RANGE, content_range)?;
+                head.insert_header(header::CONTENT_LENGTH, part.len())?;
                 body = body.slice(part);
             }
             range::Wanted::Unsatisfiable => {
-                let mut head = ResponseHeader::build(416, Some(4))?;
-                head.insert_header("content-range", format!("bytes */{}", body.len()))?;
-                head.insert_header("content-length", "0")?;
-                head.insert_header("x-poplar-placement", "cache")?;
-                head.insert_header("cache-status", status.header())?;
+                let mut head = HeaderMap::with_capacity(4);
+                let content_range = format!("bytes */{}", body.len());
+                head.insert(
+                    header::CONTENT_RANGE,
+                    respond::value(content_range, "content-range")?,
+                );
+                head.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                head.insert(PLACEMENT.clone(), HeaderValue::from_static("cache"));
+                head.insert(CACHE_STATUS.clone(), cache_status);
+                let head = respond::head(http::StatusCode::RANGE_NOT_SATISFIABLE, head);
                 return session.write_response_header(Box::new(head), true).await;
             }
         }
@@ -316,17 +329,17 @@ async fn write(
 /// Whether a conditional GET or HEAD can be answered 304 from a stored response
 /// (RFC 9110, section 13): `If-None-Match` against its `ETag` (weak comparison), else
 /// `If-Modified-Since` against its `Last-Modified`.
-fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> bool {
+fn not_modified(req: &pingora_http::RequestHeader, stored: &HeaderMap) -> bool {
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return false;
     }
-    let text = |map: &http::HeaderMap, name| {
+    let text = |map: &'_ HeaderMap, name: HeaderName| {
         map.get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_string)
     };
-    if let Some(tags) = text(&req.headers, "if-none-match") {
-        let Some(etag) = text(stored, "etag") else {
+    if let Some(tags) = text(&req.headers, header::IF_NONE_MATCH) {
+        let Some(etag) = text(stored, header::ETAG) else {
             return false;
         };
         // Weak comparison, and lenient on quotes an origin or client left off.
@@ -340,9 +353,9 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &http::HeaderMap) -> 
             .split(',')
             .any(|t| t.trim() == "*" || weak(t) == weak(&etag));
     }
-    let since =
-        text(&req.headers, "if-modified-since").and_then(|d| httpdate::parse_http_date(&d).ok());
-    let modified = text(stored, "last-modified").and_then(|d| httpdate::parse_http_date(&d).ok());
+    let date = |map, name| text(map, name).and_then(|d| httpdate::parse_http_date(&d).ok());
+    let since = date(&req.headers, header::IF_MODIFIED_SINCE);
+    let modified = date(stored, header::LAST_MODIFIED);
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 

@@ -2,11 +2,40 @@
 //! every task response.
 
 use bytes::Bytes;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use pingora_error::{Error, ErrorSource, ErrorType, OkOrErr, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use crate::errors::ErrorKind;
+
+/// `x-poplar-placement`: where a response was made, and why.
+pub static PLACEMENT: HeaderName = HeaderName::from_static("x-poplar-placement");
+/// `cache-status` (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static POPLAR_ERROR: HeaderName = HeaderName::from_static("x-poplar-error");
+
+/// A response head with `status` and exactly `headers`, put together as a plain header map.
+///
+/// Nothing is parsed again and no case map is kept beside it: Pingora writes standard names
+/// title-cased (`Content-Length`), as nginx does, and others as they are. Through
+/// `ResponseHeader::insert_header` every header cost a parse of its name and two map inserts
+/// (callgrind: building a cache hit's head from seven stored headers was a fifth of the hit).
+pub fn head(status: StatusCode, headers: HeaderMap) -> ResponseHeader {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    ResponseHeader::from(parts)
+}
+
+/// `value` as a header value, or the error of a response that cannot be made.
+pub fn value(value: impl TryInto<HeaderValue>, what: &'static str) -> Result<HeaderValue> {
+    value
+        .try_into()
+        .ok()
+        .or_err(ErrorType::InvalidHTTPHeader, what)
+}
 
 /// Sends `head` (a 200) with `body`, never to be cached.
 pub async fn ok(
@@ -82,14 +111,22 @@ pub async fn error_with(
         None => format!("{}\n", kind.message()),
     };
     let body = Bytes::from(body);
-    let mut head = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    head.insert_header("content-type", "text/plain; charset=utf-8")?;
-    head.insert_header("content-length", body.len())?;
-    head.insert_header("x-poplar-error", name)?;
-    head.insert_header("cache-control", "no-store")?;
-    for (name, value) in extra {
-        head.insert_header(*name, value)?;
+    let mut headers = HeaderMap::with_capacity(4 + extra.len());
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(POPLAR_ERROR.clone(), HeaderValue::from_static(name));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, text) in extra {
+        let name = HeaderName::try_from(*name)
+            .ok()
+            .or_err(ErrorType::InvalidHTTPHeader, "an error's header name")?;
+        headers.insert(name, value(text.as_str(), "an error's header")?);
     }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let head = head(status, headers);
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await
 }

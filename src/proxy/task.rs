@@ -357,22 +357,28 @@ fn response_head(
     placement: Option<&str>,
     version: Option<&str>,
 ) -> Result<ResponseHeader> {
-    let mut head =
-        ResponseHeader::build(response.head.status, Some(response.head.headers.len() + 4))?;
+    let mut headers = http::HeaderMap::with_capacity(response.head.headers.len() + 3);
     for (name, value) in &response.head.headers {
         // A guest speaks neither for Poplar nor for its cache.
-        let ours = name.as_str().starts_with("x-poplar-") || name == "cache-status";
+        let ours = name.as_str().starts_with("x-poplar-") || name == respond::CACHE_STATUS;
         if !HOP_BY_HOP.contains(&name.as_str()) && !ours {
-            head.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
     }
     if let Some(placement) = placement {
-        head.insert_header("x-poplar-placement", placement.to_string())?;
+        headers.insert(
+            respond::PLACEMENT.clone(),
+            respond::value(placement, "placement")?,
+        );
     }
     if let Some(version) = version {
-        head.insert_header(crate::registry::DIGEST_HEADER, version.to_string())?;
+        headers.insert(DIGEST.clone(), respond::value(version, "digest")?);
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    head.append_header("server-timing", format!("task;dur={ms:.3}"))?;
-    Ok(head)
+    let timing = respond::value(format!("task;dur={ms:.3}"), "server-timing")?;
+    headers.append(SERVER_TIMING.clone(), timing);
+    Ok(respond::head(response.head.status, headers))
 }
+
+static DIGEST: http::HeaderName = http::HeaderName::from_static(crate::registry::DIGEST_HEADER);
+static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
