@@ -22,8 +22,8 @@ use super::refresh::{self, Source};
 use super::retry;
 use super::task::{self, Inline, Served};
 use super::{
-    RequestIds, forwarded_for, forwarded_for_filed, normalize_request, refuse_bad_framing, respond,
-    strip_poplar_headers,
+    RequestIds, Sender, forwarded_for, forwarded_for_filed, normalize_request, refuse_bad_framing,
+    respond, strip_poplar_headers,
 };
 use crate::access_log::AccessLog;
 use crate::cache::{Cache, CacheCtx, Fwd, Replay};
@@ -178,6 +178,10 @@ impl Edge {
                     body: ctx.body.clone(),
                     cache: ctx.cache.as_deref_mut().map(|c| (&*self.parts.cache, c)),
                     https: ctx.tls,
+                    sender: Some(Sender {
+                        peer: ctx.peer,
+                        trusted: &live.trusted_proxies,
+                    }),
                 };
                 match task::serve(session, run).await? {
                     Served::Answered => {
@@ -430,15 +434,13 @@ impl ProxyHttp for Edge {
             ctx.answered = Some(Answered::Cache);
             return Ok(true);
         }
-        // The request goes on: to an origin, a region or a task.
-        forwarded_for(
-            session.req_header_mut(),
-            ctx.peer,
-            ctx.tls,
-            &live.trusted_proxies,
-        )?;
+        // The request goes on: to an origin, a region or a task. It gets `X-Forwarded-For`
+        // where it leaves: for an origin here, in the session's header (parsed with room for
+        // it); forwarded, in `upstream_request_filter`; inline, in the guest's copy.
         match &route.target {
             Target::Origin(name) => {
+                let trusted = &live.trusted_proxies;
+                forwarded_for(session.req_header_mut(), ctx.peer, ctx.tls, trusted)?;
                 let Some(pool) = live.origins.get(name) else {
                     let detail = format!("no origin pool {name}");
                     respond::error(session, ErrorKind::Internal, &detail).await?;
@@ -577,6 +579,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(fwd) = &ctx.forward {
+            let trusted = &ctx.live.trusted_proxies;
+            forwarded_for(upstream, ctx.peer, ctx.tls, trusted)?;
             Self::sign(ctx, fwd, upstream)?;
         }
         if let Some(host) = ctx.origin.as_ref().and_then(|o| o.host()) {

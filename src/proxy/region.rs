@@ -242,6 +242,8 @@ impl ProxyHttp for RegionServer {
             body,
             cache: None,
             https,
+            // The edge said who sent it.
+            sender: None,
         };
         task::serve(session, run).await?;
         Ok(true)

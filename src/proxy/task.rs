@@ -12,8 +12,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::cached;
-use super::respond;
+use super::{Sender, cached, forwarded_for_filed, respond};
 use crate::cache::Cache;
 use crate::cache::CacheCtx;
 use crate::errors::ErrorKind;
@@ -54,6 +53,8 @@ pub struct Inline<'a> {
     pub cache: Option<(&'a Cache, &'a mut CacheCtx)>,
     /// Whether the client came over TLS: the guest sees scheme `https`.
     pub https: bool,
+    /// Who sent the request, for its `X-Forwarded-For`; `None` when it says so already.
+    pub sender: Option<Sender<'a>>,
 }
 
 /// How an inline run ended.
@@ -74,7 +75,7 @@ pub async fn serve(session: &mut Session, mut run: Inline<'_>) -> Result<Served>
     let Some(body) = body_for(session, &mut run).await? else {
         return Ok(Served::Answered);
     };
-    let request = guest_request(session, body, run.https);
+    let request = guest_request(session, body, run.https, run.sender);
     let started = Instant::now();
     let Some(slot) = slot_for(session, &mut run, started).await? else {
         return Ok(Served::Answered);
@@ -336,8 +337,18 @@ pub(super) async fn read_body(session: &mut Session, max_body: u64) -> Result<By
 
 /// The request as the guest sees it: `https://host/path` for a client that came over TLS
 /// (wasi:http's scheme and authority), as received otherwise.
-fn guest_request(session: &Session, body: Bytes, https: bool) -> http::Request<Full<Bytes>> {
+fn guest_request(
+    session: &Session,
+    body: Bytes,
+    https: bool,
+    sender: Option<Sender<'_>>,
+) -> http::Request<Full<Bytes>> {
     let mut parts = session.req_header().as_owned_parts();
+    if let Some(sender) = sender {
+        // Set on the guest's own copy: a plain map, cheaper than the session's (whose case
+        // map is kept beside it) and only this request's.
+        forwarded_for_filed(&mut parts.headers, sender.peer, https, sender.trusted);
+    }
     if https {
         let host = parts.headers.get(http::header::HOST).map(|h| h.as_bytes());
         let authority = host.and_then(|h| http::uri::Authority::try_from(h).ok());
