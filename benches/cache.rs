@@ -46,6 +46,7 @@ fn cache(c: &mut Criterion) {
             path: "/products/12345".into(),
         },
         request: request.clone(),
+        by_body: false,
         version: None,
         siblings: None,
     };

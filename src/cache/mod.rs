@@ -43,7 +43,11 @@ const FIELD_OVERHEAD: usize = 48;
 pub struct Filing {
     pub key: String,
     pub tags: Tags,
+    /// The request it answers, as filed: a copy of the session's, made by
+    /// `proxy::cached::lookup` only when the request goes on (a fresh hit needs none).
     pub request: request::Parts,
+    /// A pure route keys the body: the filed request is judged as a GET.
+    pub by_body: bool,
     /// A task from regions: the version the key carries. An answer a region says another
     /// version made (`x-poplar-task-digest`) is not stored under it.
     pub version: Option<String>,
@@ -616,6 +620,7 @@ mod tests {
     fn filing(path: &str, req: request::Parts) -> Filing {
         Filing {
             key: format!("k{path}"),
+            by_body: false,
             version: None,
             siblings: None,
             tags: Tags {

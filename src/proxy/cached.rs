@@ -44,22 +44,30 @@ pub enum Phase {
 /// Looks the request up. `filing` is where its answer would be stored.
 pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> Result<Phase> {
     if matches!(ctx.fwd, Fwd::Method | Fwd::Bypass) {
+        file_request(&mut ctx.filing, session);
         return Ok(Phase::Forward(Box::new(ctx)));
     }
-    let wants = Wants::of(&ctx.filing.request);
+    // Judged on the session's request (its headers are the filed copy's): a fresh hit makes
+    // no copy.
+    let wants = Wants::of(session.req_header());
     if wants.no_store {
         // Neither served from the cache nor stored in it (RFC 9111, 5.2.1.5).
         (ctx.fwd, ctx.storable) = (Fwd::Request, false);
         cache.count_miss();
+        file_request(&mut ctx.filing, session);
         return Ok(Phase::Forward(Box::new(ctx)));
     }
     let now = cache.now();
-    match cache.lookup_for(&ctx.filing.key, &ctx.filing.request, &wants, now) {
+    let found = match cache.lookup_for(&ctx.filing.key, session.req_header(), &wants, now) {
         Lookup::Fresh(entry) => {
             cache.count_hit();
             write(session, &entry, &hit(&entry, now, None, false), now).await?;
             return Ok(Phase::Answered);
         }
+        other => other,
+    };
+    file_request(&mut ctx.filing, session);
+    match found {
         // Served stale only to a request that states no wishes of its own.
         Lookup::Stale(entry)
             if wants == Wants::default() && entry.may_revalidate_in_background(now) =>
@@ -79,7 +87,8 @@ pub async fn lookup(session: &mut Session, cache: &Cache, mut ctx: CacheCtx) -> 
             ctx.stale = Some(entry);
         }
         Lookup::VaryMiss => ctx.fwd = Fwd::VaryMiss,
-        Lookup::Miss => ctx.fwd = Fwd::UriMiss,
+        // (A fresh entry was answered above.)
+        Lookup::Miss | Lookup::Fresh(_) => ctx.fwd = Fwd::UriMiss,
     }
     cache.count_miss();
     if wants.only_if_cached {
@@ -359,6 +368,16 @@ fn not_modified(req: &pingora_http::RequestHeader, stored: &HeaderMap) -> bool {
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
+/// Files the request with `filing`: a copy of the session's, judged as a GET when a pure
+/// route keys its body (the body is in the key).
+fn file_request(filing: &mut Filing, session: &Session) {
+    let mut request = session.req_header().as_owned_parts();
+    if filing.by_body {
+        request.method = http::Method::GET;
+    }
+    filing.request = request;
+}
+
 /// Where the answer to this request for `host` (normalised), with `body` when a pure route
 /// keys it, is stored.
 pub fn filing(
@@ -395,11 +414,6 @@ pub fn filing(
         path_and_query,
         body,
     });
-    let mut request = req.as_owned_parts();
-    if body.is_some() {
-        // A pure task's answer is judged as a GET's: the body is in the key.
-        request.method = http::Method::GET;
-    }
     let tags = Tags {
         route: route.index,
         task,
@@ -417,7 +431,9 @@ pub fn filing(
     Filing {
         key,
         tags,
-        request,
+        // Filed by `lookup` when the request goes on ([`file_request`]).
+        request: http::Request::new(()).into_parts().0,
+        by_body: body.is_some(),
         version: remote,
         siblings,
     }
