@@ -385,11 +385,50 @@ fn response_head(
     if let Some(version) = version {
         headers.insert(DIGEST.clone(), respond::value(version, "digest")?);
     }
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let timing = respond::value(format!("task;dur={ms:.3}"), "server-timing")?;
+    let timing = respond::value(server_timing(started.elapsed()), "server-timing")?;
     headers.append(SERVER_TIMING.clone(), timing);
     Ok(respond::head(response.head.status, headers))
 }
 
+/// `task;dur=` and the milliseconds to three places (`task;dur=0.456`), without `format!`'s
+/// float formatting (about 1,500 instructions of an inline request).
+fn server_timing(took: std::time::Duration) -> String {
+    let micros = took.as_micros();
+    let mut text = String::with_capacity(24);
+    text.push_str("task;dur=");
+    text.push_str(itoa::Buffer::new().format(micros / 1000));
+    let fraction = micros % 1000;
+    text.push('.');
+    if fraction < 100 {
+        text.push('0');
+    }
+    if fraction < 10 {
+        text.push('0');
+    }
+    text.push_str(itoa::Buffer::new().format(fraction));
+    text
+}
+
 static DIGEST: http::HeaderName = http::HeaderName::from_static(crate::registry::DIGEST_HEADER);
 static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
+#[cfg(test)]
+mod tests {
+    use super::server_timing;
+    use std::time::Duration;
+
+    #[test]
+    fn server_timing_gives_milliseconds_to_three_places() {
+        for micros in [0, 7, 42, 456, 1_000, 1_005, 12_340, 999_999, 3_600_000_001] {
+            let took = Duration::from_micros(micros);
+            let ms = micros as f64 / 1000.0;
+            assert_eq!(
+                server_timing(took),
+                format!("task;dur={ms:.3}"),
+                "{micros} µs"
+            );
+        }
+        // Below a microsecond does not count.
+        assert_eq!(server_timing(Duration::from_nanos(999)), "task;dur=0.000");
+    }
+}
