@@ -36,6 +36,12 @@
 #   scripts/bench.sh [seconds] [connections]        (defaults: 8 s, 32 connections)
 #   BENCH_SCENARIOS="inline mixed" scripts/bench.sh  runs only those (the report then only
 #                                                    has them: do not commit it)
+#   BENCH_DEFAULTS=1 scripts/bench.sh                every measured server at its defaults
+#                                                    instead: Poplar and Pingora alone a
+#                                                    thread per core, nginx `worker_processes
+#                                                    auto`, wasmtime serve a tokio worker per
+#                                                    core (the origin and the region keep 1;
+#                                                    the report is not committed either)
 #
 # Needs wrk, nginx and h2load (installed from Debian's packages if missing) and wasmtime-cli at the
 # version Poplar embeds (built with `cargo install` into target/tools if missing: ~15 min once).
@@ -53,6 +59,13 @@ wasmtime="$root/target/tools/bin/wasmtime"
 if ! "$wasmtime" --version 2>/dev/null | grep -q "$wasmtime_version"; then
   echo "bench: building wasmtime-cli $wasmtime_version (once)" >&2
   cargo install --quiet wasmtime-cli --version "$wasmtime_version" --locked --root "$root/target/tools"
+fi
+
+# One worker each, or (BENCH_DEFAULTS=1) every measured server's own default.
+if [[ -n "${BENCH_DEFAULTS:-}" ]]; then
+  edge_threads="" nginx_workers=auto pingora_threads=$(nproc) wasmtime_env=()
+else
+  edge_threads="threads: 1" nginx_workers=1 pingora_threads=1 wasmtime_env=(TOKIO_WORKER_THREADS=1)
 fi
 
 work=$(mktemp -d)
@@ -94,7 +107,7 @@ http {
 NGINX
 # The reference nginx: one worker, the three scenarios on three ports.
 cat > "$work/nginx-ref.conf" <<NGINX
-worker_processes 1;
+worker_processes $nginx_workers;
 pid $work/nginx-ref.pid;
 error_log $work/nginx-ref.log warn;
 events { worker_connections 4096; }
@@ -143,7 +156,7 @@ listen:
   - address: "127.0.0.1:$edge"
   - address: "127.0.0.1:$edge_tls"
     tls: { certificates: [{ cert: $cert, key: $cert_key }] }
-threads: 1
+$edge_threads
 regions:
   region: { address: "127.0.0.1:$region" }
 tasks:
@@ -167,7 +180,7 @@ YAML
 # scraped (the same routes, so only the log or the admin differs).
 edge_routes() {
   cat <<YAML
-threads: 1
+$edge_threads
 tasks:
   hello: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 100ms } }
 routes:
@@ -187,14 +200,14 @@ env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/
 pids+=($!); region_pid=$!
 env -u RUST_BACKTRACE RUST_LOG=warn POPLAR_FORWARDING_KEY="$key" target/release/poplar serve -c "$work/edge.yaml" 2>"$work/edge.log" &
 pids+=($!); edge_pid=$!
-env -u RUST_BACKTRACE TOKIO_WORKER_THREADS=1 "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve" tasks/dist/hello.wasm 2>"$work/wasmtime.log" >/dev/null &
+env -u RUST_BACKTRACE "${wasmtime_env[@]}" "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve" tasks/dist/hello.wasm 2>"$work/wasmtime.log" >/dev/null &
 pids+=($!); wasmtime_pid=$!
 wasmserve_default=$(free_port)
 env -u RUST_BACKTRACE "$wasmtime" serve -S cli --addr "127.0.0.1:$wasmserve_default" tasks/dist/hello.wasm 2>"$work/wasmtime-default.log" >/dev/null &
 pids+=($!); wasmtime_default_pid=$!
-target/release/examples/bare_pingora --listen "127.0.0.1:$bare_static" 2>"$work/bare-static.log" &
+target/release/examples/bare_pingora --threads "$pingora_threads" --listen "127.0.0.1:$bare_static" 2>"$work/bare-static.log" &
 pids+=($!); bare_static_pid=$!
-target/release/examples/bare_pingora --listen "127.0.0.1:$bare_proxy" --origin "127.0.0.1:$origin" 2>"$work/bare-proxy.log" &
+target/release/examples/bare_pingora --threads "$pingora_threads" --listen "127.0.0.1:$bare_proxy" --origin "127.0.0.1:$origin" 2>"$work/bare-proxy.log" &
 pids+=($!); bare_proxy_pid=$!
 env -u RUST_BACKTRACE RUST_LOG=warn target/release/poplar serve -c "$work/edge-plain.yaml" 2>"$work/edge-plain.log" &
 pids+=($!); edge_plain_pid=$!
