@@ -4,12 +4,8 @@ use std::time::{Instant, SystemTime};
 
 use pingora_proxy::Session;
 
+use super::respond::{CACHE_STATUS, ERROR, PLACEMENT};
 use crate::access_log::{AccessLog, Line};
-
-// Names parsed once, not on every line.
-static PLACEMENT: http::HeaderName = http::HeaderName::from_static("x-poplar-placement");
-static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-static ERROR: http::HeaderName = http::HeaderName::from_static("x-poplar-error");
 
 /// What a proxy phase knows of a request beyond its session.
 pub struct Known<'a> {

@@ -21,15 +21,17 @@ use crate::proxy::respond::{self, CACHE_STATUS, PLACEMENT};
 use crate::routing::Route;
 
 /// Headers never copied from a stored response: hop-by-hop, framing, and our own.
-static NOT_REPLAYED: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TRANSFER_ENCODING,
-    header::CONTENT_LENGTH,
-    header::AGE,
-    HeaderName::from_static("cache-status"),
-    HeaderName::from_static("x-poplar-placement"),
+static NOT_REPLAYED: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::TRANSFER_ENCODING,
+    &header::CONTENT_LENGTH,
+    &header::AGE,
+    &CACHE_STATUS,
+    &PLACEMENT,
 ];
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// What the cache phase did with a request.
 pub enum Phase {
@@ -288,7 +290,7 @@ async fn write(
     }
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + 4);
     for (name, value) in &entry.headers {
-        if !NOT_REPLAYED.contains(name) {
+        if !NOT_REPLAYED.contains(&name) {
             headers.append(name.clone(), value.clone());
         }
     }

@@ -10,11 +10,13 @@ use pingora_proxy::Session;
 
 use crate::errors::ErrorKind;
 
+// Names parsed once, not on every response.
 /// `x-poplar-placement`: where a response was made, and why.
 pub static PLACEMENT: HeaderName = HeaderName::from_static("x-poplar-placement");
 /// `cache-status` (RFC 9211).
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-static POPLAR_ERROR: HeaderName = HeaderName::from_static("x-poplar-error");
+/// `x-poplar-error`: the kind of an error Poplar answered.
+pub static ERROR: HeaderName = HeaderName::from_static("x-poplar-error");
 
 /// A response head with `status` and exactly `headers`, put together as a plain header map.
 ///
@@ -117,7 +119,7 @@ pub async fn error_with(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(POPLAR_ERROR.clone(), HeaderValue::from_static(name));
+    headers.insert(ERROR.clone(), HeaderValue::from_static(name));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, text) in extra {
         let name = HeaderName::try_from(*name)
