@@ -3,14 +3,14 @@
 #
 #   scripts/bench-ab.sh OLD_POPLAR [NEW_POPLAR]       (NEW_POPLAR: target/release/poplar)
 #
-# Both builds serve at once, each with its own edge and region (one worker thread each, the
-# config below, which every build since c9afd22 reads), in front of one nginx origin. Each
-# round runs every scenario (static 404, inline hello, cache hit, origin route, edge to region)
-# with wrk -t1 -c32 for AB_DURATION seconds (default 5) against one build and then the other,
-# the order swapped every round; AB_ROUNDS rounds (default 6); AB_SCENARIOS="cache origin"
-# runs only those. Reported per scenario: each
-# build's median requests/s and its edge's CPU per request (user + system, from /proc), the
-# new/old ratio of the medians and of every round. The ratio of a round, not one run, is the
+# Both builds serve at once, each with its own edge and region (one worker thread each, or
+# AB_THREADS; the config below, which every build since c9afd22 reads), in front of one nginx
+# origin. Each round runs every scenario (static 404, inline hello, cache hit, origin route,
+# edge to region) with wrk -t1 -c32 for AB_DURATION seconds (default 5) against one build and
+# then the other, the order swapped every round; AB_ROUNDS rounds (default 6); AB_SCENARIOS=
+# "cache origin" runs only those. Reported per scenario: each build's median requests/s and its
+# edge's CPU per request (user + system, from /proc), the new/old ratio of the medians and of
+# every round. The ratio of a round, not one run, is the
 # measure: this machine's speed drifts by 15-25% between runs of the same binary.
 #
 # An old build: git worktree add /tmp/old COMMIT && (cd /tmp/old && cargo build --release)
@@ -21,6 +21,7 @@ old=${1:?usage: scripts/bench-ab.sh OLD_POPLAR [NEW_POPLAR]}
 new=${2:-target/release/poplar}
 rounds=${AB_ROUNDS:-6}
 duration=${AB_DURATION:-5}
+threads=${AB_THREADS:-1}
 scripts/setup.sh wrk nginx
 scripts/build-tasks.sh
 [ "$new" != target/release/poplar ] || cargo build --release --quiet --bin poplar
@@ -62,14 +63,14 @@ for build in old new; do
   cat > "$work/$build-region.yaml" <<YAML
 role: region
 listen: "127.0.0.1:$region"
-threads: 1
+threads: $threads
 tasks:
   hello: { wasm: $root/tasks/dist/hello.wasm, limits: { memory: 16MiB, timeout: 1s } }
 YAML
   cat > "$work/$build-edge.yaml" <<YAML
 role: edge
 listen: "127.0.0.1:$edge"
-threads: 1
+threads: $threads
 regions:
   region: { address: "127.0.0.1:$region" }
 tasks:
@@ -121,9 +122,9 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 - "$work/results" "$hz" "$old" "$new" "$rounds" "$duration" <<'PY'
+python3 - "$work/results" "$hz" "$old" "$new" "$rounds" "$duration" "$threads" <<'PY'
 import statistics, sys
-path, hz, old, new, rounds, duration = sys.argv[1:]
+path, hz, old, new, rounds, duration, threads = sys.argv[1:]
 hz = int(hz)
 rows = {}
 for line in open(path):
@@ -131,7 +132,8 @@ for line in open(path):
     rows.setdefault(scenario, {}).setdefault(build, []).append(
         (int(r), float(rps), int(total), int(ticks), int(non2xx)))
 print(f"`scripts/bench-ab.sh {old} {new}`: {rounds} rounds, wrk -t1 -c32 -d{duration}s, "
-      "each build one edge (and region) on one worker thread, the order swapped every round.\n")
+      f"each build one edge (and region) on {threads} worker thread(s), the order swapped every "
+      "round.\n")
 print("| scenario | old req/s (median) | new req/s (median) | new / old | rounds: new / old "
       "| old CPU µs/req | new CPU µs/req |")
 print("| --- | --- | --- | --- | --- | --- | --- |")

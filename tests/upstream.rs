@@ -1,6 +1,6 @@
 //! The edge's own client (background refreshes, health probes) against a scripted origin
 //! on a real socket: pooled connections are reused, a connection the origin closed is not
-//! an error, and an answer is whole or not an answer.
+//! an error, one idle past its timeout is closed, and an answer is whole or not an answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,6 +9,7 @@ use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora_http::RequestHeader;
@@ -19,6 +20,8 @@ use poplar::upstream::{self, Client, Failed};
 struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections the client closed (the server read the end of the stream).
+    closed: Arc<AtomicUsize>,
 }
 
 impl Scripted {
@@ -26,15 +29,25 @@ impl Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counted, ended) = (connections.clone(), closed.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 counted.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(conn));
+                let ended = ended.clone();
+                std::thread::spawn(move || {
+                    if serve(conn) == Ended::ByClient {
+                        ended.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
-        Scripted { addr, connections }
+        Scripted {
+            addr,
+            connections,
+            closed,
+        }
     }
 
     fn connections(&self) -> usize {
@@ -42,7 +55,13 @@ impl Scripted {
     }
 }
 
-fn serve(conn: TcpStream) {
+#[derive(PartialEq)]
+enum Ended {
+    ByClient,
+    ByServer,
+}
+
+fn serve(conn: TcpStream) -> Ended {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
     while let Some((request_line, body)) = common::read_plain_request(&mut reader) {
@@ -64,9 +83,10 @@ fn serve(conn: TcpStream) {
         };
         writer.write_all(response.as_bytes()).unwrap();
         if close {
-            return;
+            return Ended::ByServer;
         }
     }
+    Ended::ByClient
 }
 
 /// `ok` and the request body's length.
@@ -109,6 +129,37 @@ async fn pooled_connections_are_reused_and_one_the_origin_closed_is_not_an_error
 }
 
 #[tokio::test]
+async fn a_pooled_connection_idle_past_its_timeout_is_closed_and_not_reused() {
+    let origin = Scripted::start();
+    let client = Client::default();
+    let timeouts = poplar::config::Timeouts {
+        idle: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let peer = upstream::peer(origin.addr, None, &timeouts);
+    let answer = client.exchange(&peer, get("/ok"), Bytes::new(), 1024).await;
+    assert_eq!(answer.unwrap().body, "ok 0");
+    assert_eq!(origin.closed.load(Ordering::SeqCst), 0, "kept in the pool");
+    // Nobody takes it: the pool closes it once its second is up (waited for, up to 10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.closed.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        origin.closed.load(Ordering::SeqCst),
+        1,
+        "closed when idle 1s"
+    );
+    let answer = client.exchange(&peer, get("/ok"), Bytes::new(), 1024).await;
+    assert_eq!(answer.unwrap().body, "ok 0");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "a new connection took the next request"
+    );
+}
+
+#[tokio::test]
 async fn an_answer_is_whole_or_not_an_answer() {
     let origin = Scripted::start();
     let client = Client::default();
@@ -127,7 +178,7 @@ async fn an_answer_is_whole_or_not_an_answer() {
 #[tokio::test]
 async fn a_refused_connection_is_refused_so_another_peer_may_take_it() {
     let client = Client::default();
-    let peer = upstream::region_peer(common::refusing_addr(), std::time::Duration::from_secs(1));
+    let peer = upstream::region_peer(common::refusing_addr(), Duration::from_secs(1));
     let refused = client.exchange(&peer, get("/ok"), Bytes::new(), 1024).await;
     assert!(
         matches!(refused, Err(Failed::Refused(_))),
