@@ -2,6 +2,7 @@
 """Instructions per request, per path, for Poplar, Pingora alone and nginx (valgrind's callgrind).
 
   scripts/instructions.sh [--requests N] [--top K] [--paths static,origin,cache,inline]
+                          [--cache-sim]
 
 Timings drift on these shared machines; instruction counts do not. Each server runs under
 `valgrind --tool=callgrind` on one thread. For each path a client sends warm-up requests on one
@@ -9,6 +10,9 @@ keep-alive connection, `callgrind_control --dump` zeroes the counters, it sends 
 second dump holds exactly those N requests (every thread of the server, background work
 included): its total divided by N is the path's cost, and `callgrind_annotate` of that dump
 gives the top functions. The origin is an nginx outside valgrind. Prints a Markdown report.
+With --cache-sim callgrind also simulates the caches (this machine's geometry) and the summary
+gives each path's first-level instruction and data misses and last-level misses a request: what instruction
+counts cannot see, a working set that grew.
 """
 import argparse
 import os
@@ -89,10 +93,14 @@ def newest_dump(out, known):
 
 
 def totals(path):
+    """The dump's totals by event name (`Ir`, and with the cache simulation `D1mr`, ...)."""
+    events = ["Ir"]
     with open(path) as f:
         for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
             if line.startswith(("totals:", "summary:")):
-                return int(line.split()[1])
+                return dict(zip(events, map(int, line.split()[1:])))
     raise SystemExit(f"instructions: no totals in {path}")
 
 
@@ -153,7 +161,7 @@ http {{
 
 
 class Server:
-    def __init__(self, name, argv, port, work, env=None):
+    def __init__(self, name, argv, port, work, env=None, cache_sim=False):
         self.name = name
         self.out = os.path.join(work, f"cg-{name.replace(' ', '-')}")
         os.makedirs(self.out)
@@ -161,6 +169,7 @@ class Server:
         self.log = open(os.path.join(work, f"{name.replace(' ', '-')}.log"), "wb")
         self.proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--dump-instr=no",
+             f"--cache-sim={'yes' if cache_sim else 'no'}",
              f"--callgrind-out-file={self.out}/callgrind.out"] + argv,
             stdout=self.log, stderr=subprocess.STDOUT, env=env or os.environ)
         self.port = port
@@ -178,7 +187,12 @@ class Server:
         file = newest_dump(self.out, self.known)
         every = top_functions(file, requests, None)
         copy = sum(c for c, name in every if "memcpy" in name or "memmove" in name)
-        return status, totals(file) / requests, copy, every[:k]
+        total = totals(file)
+        misses = None
+        if "D1mr" in total:
+            get = lambda *names: sum(total.get(n, 0) for n in names) / requests
+            misses = (get("I1mr"), get("D1mr", "D1mw"), get("ILmr", "DLmr", "DLmw"))
+        return status, total["Ir"] / requests, copy, every[:k], misses
 
     def stop(self):
         self.proc.terminate()
@@ -197,6 +211,8 @@ def main():
     parser.add_argument("--paths", default="static,origin,cache,inline")
     parser.add_argument("--poplar", default=f"{ROOT}/target/release/poplar",
                         help="the Poplar binary to count")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="simulate the caches too: data and last-level misses a request")
     parser.add_argument("--portable-config", action="store_true",
                         help="give Poplar only the config keys every build since c9afd22 reads "
                         "(for an older build)")
@@ -269,18 +285,19 @@ routes:
             "inline": [("poplar", "/hello")],
         }
         wanted = {s for p in paths for s, _ in plan[p]}
+        sim = args.cache_sim
         starts = {
             "poplar": lambda: Server("poplar", [args.poplar, "serve", "-c",
-                                                f"{work}/edge.yaml"], poplar_port, work, env),
+                                                f"{work}/edge.yaml"], poplar_port, work, env, sim),
             "pingora alone": lambda: Server(
                 "pingora alone", [f"{release}/examples/bare_pingora", "--listen",
-                                  f"127.0.0.1:{bare_static}"], bare_static, work, env),
+                                  f"127.0.0.1:{bare_static}"], bare_static, work, env, sim),
             "pingora alone proxy": lambda: Server(
                 "pingora alone proxy", [f"{release}/examples/bare_pingora", "--listen",
                                         f"127.0.0.1:{bare_proxy}", "--origin",
-                                        f"127.0.0.1:{origin_port}"], bare_proxy, work, env),
+                                        f"127.0.0.1:{origin_port}"], bare_proxy, work, env, sim),
             "nginx": lambda: Server("nginx", ["nginx", "-c", f"{work}/nginx.conf"],
-                                    nginx_port, work),
+                                    nginx_port, work, None, sim),
         }
         running = {}
         for name in ["poplar", "pingora alone", "pingora alone proxy", "nginx"]:
@@ -297,10 +314,10 @@ routes:
                 server = running.get(server_name) or running["nginx"]
                 saved = server.port
                 server.port = ports.get(server_name, server.port)
-                status, per, copy, top = server.measure(request, args.requests, args.warmup,
-                                                        args.top)
+                status, per, copy, top, misses = server.measure(request, args.requests,
+                                                                args.warmup, args.top)
                 server.port = saved
-                summary.append((path, server_name, request, status, per, copy))
+                summary.append((path, server_name, request, status, per, copy, misses))
                 print(f"## {path}: {server_name} (`GET {request}`, {status}): "
                       f"{per:,.0f} instructions a request\n")
                 print("| instructions a request | function |\n| ---: | --- |")
@@ -311,11 +328,14 @@ routes:
         # iterations (a byte) as an instruction: those counts are bytes moved, not work done
         # at that rate, so the last column leaves them out.
         print("## Summary\n\n| path | server | request | status | instructions a request "
-              "| of them in memcpy/memmove | without memcpy/memmove |")
-        print("| --- | --- | --- | --- | ---: | ---: | ---: |")
-        for path, server_name, request, status, per, copy in summary:
+              "| of them in memcpy/memmove | without memcpy/memmove |"
+              + (" I1 misses a request | D1 misses a request | LL misses a request |" if sim else ""))
+        print("| --- | --- | --- | --- | ---: | ---: | ---: |"
+              + (" ---: | ---: | ---: |" if sim else ""))
+        for path, server_name, request, status, per, copy, misses in summary:
+            extra = f" {misses[0]:,.0f} | {misses[1]:,.0f} | {misses[2]:,.1f} |" if misses else ""
             print(f"| {path} | {server_name} | `GET {request}` | {status} | {per:,.0f} "
-                  f"| {copy:,.0f} | {per - copy:,.0f} |")
+                  f"| {copy:,.0f} | {per - copy:,.0f} |{extra}")
     finally:
         for server in servers:
             server.stop()

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod resolve;
 pub mod routing;
 pub mod server;
+pub mod shards;
 pub mod tls;
 pub mod upstream;
 pub mod wasm;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::placement::Reason;
+use crate::shards::Sharded;
 
 /// Where a request ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +27,7 @@ fn slot(site: Site, reason: Reason) -> usize {
 /// ([`Counters::add`]); a task's counts go on across reloads (Prometheus counters do not
 /// reset), and those of a task a reload removed stay as they were.
 pub struct Counters {
-    tasks: arc_swap::ArcSwap<HashMap<String, Arc<[AtomicU64; SLOTS]>>>,
+    tasks: arc_swap::ArcSwap<HashMap<String, Arc<Sharded<[AtomicU64; SLOTS]>>>>,
 }
 
 impl Counters {
@@ -42,15 +43,18 @@ impl Counters {
     pub fn add<'a>(&self, tasks: impl IntoIterator<Item = &'a str>) {
         let mut all = HashMap::clone(&self.tasks.load());
         for task in tasks {
-            all.entry(task.to_string())
-                .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU64::new(0))));
+            all.entry(task.to_string()).or_insert_with(|| {
+                Arc::new(Sharded::new_with(|| {
+                    std::array::from_fn(|_| AtomicU64::new(0))
+                }))
+            });
         }
         self.tasks.store(Arc::new(all));
     }
 
     pub fn count(&self, task: &str, site: Site, reason: Reason) {
         if let Some(counts) = self.tasks.load().get(task) {
-            counts[slot(site, reason)].fetch_add(1, Ordering::Relaxed);
+            counts.local()[slot(site, reason)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -63,7 +67,8 @@ impl Counters {
                 let mut by_key = BTreeMap::new();
                 for site in SITES {
                     for reason in Reason::ALL {
-                        let n = counts[slot(site, reason)].load(Ordering::Relaxed);
+                        let i = slot(site, reason);
+                        let n: u64 = counts.all().map(|c| c[i].load(Ordering::Relaxed)).sum();
                         if n > 0 {
                             let site = if site == Site::Edge { "edge" } else { "region" };
                             by_key.insert(format!("{site}/{}", reason.as_str()), n);
@@ -80,9 +85,14 @@ impl Counters {
 /// class, under the config in force. A reload carries the counts of each route that kept its
 /// place, its match and its target.
 pub struct RouteCounts {
-    routes: Vec<[AtomicU64; 5]>,
-    unrouted: [AtomicU64; 5],
+    /// Per thread: one row per route, then the unrouted row, then [`ROW_PAD`] rows no one
+    /// writes, so that two threads' rows never share a cache line.
+    rows: Sharded<Vec<[AtomicU64; 5]>>,
+    routes: usize,
 }
+
+/// Untouched rows after each thread's, at least two cache lines.
+const ROW_PAD: usize = 4;
 
 /// The status classes counted, by their first digit.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -90,8 +100,12 @@ pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 impl RouteCounts {
     pub fn new(routes: usize) -> RouteCounts {
         RouteCounts {
-            routes: (0..routes).map(|_| Default::default()).collect(),
-            unrouted: Default::default(),
+            rows: Sharded::new_with(|| {
+                (0..routes + 1 + ROW_PAD)
+                    .map(|_| Default::default())
+                    .collect()
+            }),
+            routes,
         }
     }
 
@@ -99,17 +113,18 @@ impl RouteCounts {
     /// same one.
     pub fn carried(routes: usize, old: &RouteCounts, kept: impl Fn(usize) -> bool) -> RouteCounts {
         let new = RouteCounts::new(routes);
-        let copy = |to: &[AtomicU64; 5], from: &[AtomicU64; 5]| {
-            for (t, f) in to.iter().zip(from) {
-                t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+        let unrouted = (old.routes, routes);
+        for (to, from) in new.rows.all().zip(old.rows.all()) {
+            let copy = |t: &[AtomicU64; 5], f: &[AtomicU64; 5]| {
+                for (t, f) in t.iter().zip(f) {
+                    t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+            };
+            for i in (0..routes.min(old.routes)).filter(|&i| kept(i)) {
+                copy(&to[i], &from[i]);
             }
-        };
-        for (i, (to, from)) in new.routes.iter().zip(&old.routes).enumerate() {
-            if kept(i) {
-                copy(to, from);
-            }
+            copy(&to[unrouted.1], &from[unrouted.0]);
         }
-        copy(&new.unrouted, &old.unrouted);
         new
     }
 
@@ -117,23 +132,26 @@ impl RouteCounts {
         let Some(class) = (status / 100).checked_sub(1).map(usize::from) else {
             return;
         };
-        let counts = match route {
-            Some(i) => self.routes.get(i),
-            None => Some(&self.unrouted),
-        };
-        if let Some(n) = counts.and_then(|c| c.get(class)) {
+        let row = route.filter(|&i| i < self.routes).unwrap_or(self.routes);
+        if route.is_some() && row == self.routes {
+            return;
+        }
+        if let Some(n) = self.rows.local()[row].get(class) {
             n.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Every non-zero count: route (`None`: unrouted), status class, count.
     pub fn snapshot(&self) -> Vec<(Option<usize>, &'static str, u64)> {
-        let all = self.routes.iter().enumerate().map(|(i, c)| (Some(i), c));
-        let all = all.chain(std::iter::once((None, &self.unrouted)));
         let mut out = Vec::new();
-        for (route, counts) in all {
-            for (class, n) in STATUS_CLASSES.iter().zip(counts) {
-                let n = n.load(Ordering::Relaxed);
+        for row in 0..=self.routes {
+            let route = (row < self.routes).then_some(row);
+            for (c, class) in STATUS_CLASSES.iter().enumerate() {
+                let n: u64 = self
+                    .rows
+                    .all()
+                    .map(|rows| rows[row][c].load(Ordering::Relaxed))
+                    .sum();
                 if n > 0 {
                     out.push((route, *class, n));
                 }
@@ -146,25 +164,25 @@ impl RouteCounts {
 /// Requests being served now, at the edge or region proxy: each holds an [`InFlightGuard`]
 /// from the making of its context to the end of its logging phase.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<AtomicU64>);
+pub struct InFlight(Arc<Sharded<AtomicU64>>);
 
 /// One request in flight; dropping it counts the request done.
-pub struct InFlightGuard(Arc<AtomicU64>);
+pub struct InFlightGuard(Arc<Sharded<AtomicU64>>);
 
 impl InFlight {
     pub fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.add(1);
         InFlightGuard(self.0.clone())
     }
 
     pub fn now(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.sum()
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.sub(1);
     }
 }
 
@@ -221,7 +239,8 @@ fn upper_bound_micros(i: usize) -> u64 {
 /// Response times, from a request's arrival to the end of its response, by where it was
 /// answered. Errors are not counted.
 pub struct Latencies {
-    by: [Histogram; Answered::ALL.len()],
+    /// Per thread, one histogram per place answered.
+    by: Sharded<[Histogram; Answered::ALL.len()]>,
 }
 
 struct Histogram {
@@ -243,9 +262,11 @@ pub struct LatencySnapshot {
 impl Default for Latencies {
     fn default() -> Latencies {
         Latencies {
-            by: std::array::from_fn(|_| Histogram {
-                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                sum_micros: AtomicU64::new(0),
+            by: Sharded::new_with(|| {
+                std::array::from_fn(|_| Histogram {
+                    buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                    sum_micros: AtomicU64::new(0),
+                })
             }),
         }
     }
@@ -271,11 +292,11 @@ impl Latencies {
         Answered::ALL
             .iter()
             .filter_map(|&a| {
-                let h = &self.by[a as usize];
+                let (counts, sum_micros) = self.summed(a);
                 let mut buckets: Vec<(f64, u64)> = Vec::new();
                 let mut pending = 0;
-                for (i, b) in h.buckets.iter().enumerate() {
-                    pending += b.load(Ordering::Relaxed);
+                for (i, n) in counts.iter().enumerate() {
+                    pending += n;
                     if i % EXPOSED_EVERY == 0 && i < BUCKETS - 1 {
                         buckets.push((upper_bound_micros(i) as f64 / 1e6, pending));
                         pending = 0;
@@ -285,7 +306,7 @@ impl Latencies {
                 let count = buckets.iter().map(|b| b.1).sum();
                 (count > 0).then(|| Exposed {
                     answered: a.as_str(),
-                    sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                    sum_seconds: sum_micros as f64 / 1e6,
                     count,
                     buckets,
                 })
@@ -293,9 +314,23 @@ impl Latencies {
             .collect()
     }
 
+    /// Every thread's counts for `answered` added up: per bucket, and the sum in µs.
+    fn summed(&self, answered: Answered) -> ([u64; BUCKETS], u64) {
+        let mut counts = [0u64; BUCKETS];
+        let mut sum = 0u64;
+        for shard in self.by.all() {
+            let h = &shard[answered as usize];
+            for (c, b) in counts.iter_mut().zip(&h.buckets) {
+                *c += b.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(h.sum_micros.load(Ordering::Relaxed));
+        }
+        (counts, sum)
+    }
+
     pub fn record(&self, answered: Answered, took: std::time::Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let h = &self.by[answered as usize];
+        let h = &self.by.local()[answered as usize];
         h.buckets[bucket(micros)].fetch_add(1, Ordering::Relaxed);
         h.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -305,12 +340,7 @@ impl Latencies {
         Answered::ALL
             .iter()
             .filter_map(|&a| {
-                let h = &self.by[a as usize];
-                let counts: Vec<u64> = h
-                    .buckets
-                    .iter()
-                    .map(|b| b.load(Ordering::Relaxed))
-                    .collect();
+                let (counts, sum) = self.summed(a);
                 let count: u64 = counts.iter().sum();
                 if count == 0 {
                     return None;
@@ -328,7 +358,6 @@ impl Latencies {
                         .unwrap_or(BUCKETS - 1);
                     upper_bound_micros(i) as f64 / 1000.0
                 };
-                let sum = h.sum_micros.load(Ordering::Relaxed);
                 Some((
                     a.as_str(),
                     LatencySnapshot {
@@ -352,6 +381,34 @@ impl Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_counts_add_up_every_thread_and_a_reload_carries_the_kept_routes() {
+        let counts = std::sync::Arc::new(RouteCounts::new(3));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    counts.count(Some(0), 200);
+                    counts.count(Some(2), 503);
+                    counts.count(None, 404);
+                    counts.count(Some(7), 200); // no such route: not counted
+                    counts.count(Some(1), 99); // no such class
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let expected = vec![(Some(0), "2xx", 4), (Some(2), "5xx", 4), (None, "4xx", 4)];
+        assert_eq!(counts.snapshot(), expected);
+        // A new config of two routes, of which only the first is the same route as before.
+        let carried = RouteCounts::carried(2, &counts, |i| i == 0);
+        assert_eq!(
+            carried.snapshot(),
+            vec![(Some(0), "2xx", 4), (None, "4xx", 4)]
+        );
+    }
     use std::time::Duration;
 
     #[test]

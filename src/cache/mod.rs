@@ -22,6 +22,7 @@ use http::{HeaderMap, StatusCode, request};
 use tinyufo::TinyUfo;
 
 use crate::config::CacheSpec;
+use crate::shards::Sharded;
 pub use fill::{CacheCtx, Fwd, Replay};
 pub use key::{KeyParts, Status, primary_key};
 pub use lock::{Leader, Locks, Turn};
@@ -234,14 +235,15 @@ pub enum Lookup {
     Miss,
 }
 
+/// Per thread (every hit writes one): see [`Sharded`].
 #[derive(Default)]
 struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    coalesced: AtomicU64,
-    stores: AtomicU64,
-    evictions: AtomicU64,
-    stale_served: AtomicU64,
+    hits: Sharded<AtomicU64>,
+    misses: Sharded<AtomicU64>,
+    coalesced: Sharded<AtomicU64>,
+    stores: Sharded<AtomicU64>,
+    evictions: Sharded<AtomicU64>,
+    stale_served: Sharded<AtomicU64>,
 }
 
 /// Cache counters and size, for the admin endpoint.
@@ -393,19 +395,19 @@ impl Cache {
     }
 
     pub fn count_hit(&self) {
-        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        self.counters.hits.add(1);
     }
 
     pub fn count_miss(&self) {
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.add(1);
     }
 
     pub fn count_coalesced(&self) {
-        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+        self.counters.coalesced.add(1);
     }
 
     pub fn count_stale_served(&self) {
-        self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+        self.counters.stale_served.add(1);
     }
 
     /// Whether a body of `len` bytes may be stored at all.
@@ -449,12 +451,12 @@ impl Cache {
             if gone.data.key == *key {
                 kept = false; // refused at admission
             } else {
-                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                self.counters.evictions.add(1);
             }
             index.remove(&gone.data.key);
         }
         if kept {
-            self.counters.stores.fetch_add(1, Ordering::Relaxed);
+            self.counters.stores.add(1);
         }
         kept
     }
@@ -509,12 +511,12 @@ impl Cache {
         let index = self.index();
         let c = &self.counters;
         CacheStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            coalesced_waits: c.coalesced.load(Ordering::Relaxed),
-            stores: c.stores.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-            stale_served: c.stale_served.load(Ordering::Relaxed),
+            hits: c.hits.sum(),
+            misses: c.misses.sum(),
+            coalesced_waits: c.coalesced.sum(),
+            stores: c.stores.sum(),
+            evictions: c.evictions.sum(),
+            stale_served: c.stale_served.sum(),
             entries: index.len(),
             bytes_in_use: index.values().map(|(_, w)| w).sum(),
             bytes_limit: self.spec.memory,
