@@ -113,17 +113,16 @@ impl RouteCounts {
     /// same one.
     pub fn carried(routes: usize, old: &RouteCounts, kept: impl Fn(usize) -> bool) -> RouteCounts {
         let new = RouteCounts::new(routes);
-        let unrouted = (old.routes, routes);
+        let copy = |to: &[AtomicU64; 5], from: &[AtomicU64; 5]| {
+            for (t, f) in to.iter().zip(from) {
+                t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        };
         for (to, from) in new.rows.all().zip(old.rows.all()) {
-            let copy = |t: &[AtomicU64; 5], f: &[AtomicU64; 5]| {
-                for (t, f) in t.iter().zip(f) {
-                    t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
-                }
-            };
             for i in (0..routes.min(old.routes)).filter(|&i| kept(i)) {
                 copy(&to[i], &from[i]);
             }
-            copy(&to[unrouted.1], &from[unrouted.0]);
+            copy(&to[routes], &from[old.routes]); // the unrouted rows
         }
         new
     }
@@ -132,10 +131,11 @@ impl RouteCounts {
         let Some(class) = (status / 100).checked_sub(1).map(usize::from) else {
             return;
         };
-        let row = route.filter(|&i| i < self.routes).unwrap_or(self.routes);
-        if route.is_some() && row == self.routes {
-            return;
-        }
+        let row = match route {
+            Some(i) if i < self.routes => i,
+            Some(_) => return,
+            None => self.routes,
+        };
         if let Some(n) = self.rows.local()[row].get(class) {
             n.fetch_add(1, Ordering::Relaxed);
         }
@@ -381,6 +381,7 @@ impl Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn route_counts_add_up_every_thread_and_a_reload_carries_the_kept_routes() {
@@ -409,7 +410,6 @@ mod tests {
             vec![(Some(0), "2xx", 4), (None, "4xx", 4)]
         );
     }
-    use std::time::Duration;
 
     #[test]
     fn buckets_bound_what_they_hold() {
