@@ -42,7 +42,6 @@ impl Shelved {
 #[derive(Default)]
 struct Shelves {
     by_key: HashMap<u64, Vec<Shelved>>,
-    count: usize,
     sweeping: bool,
 }
 
@@ -75,11 +74,10 @@ impl IdlePool {
         let mut expired = Vec::new();
         let found = {
             let mut shelves = self.shelves.lock();
-            let Shelves { by_key, count, .. } = &mut *shelves;
+            let by_key = &mut shelves.by_key;
             let shelf = by_key.get_mut(&key)?;
             let mut found = None;
             while let Some(idle) = shelf.pop() {
-                *count -= 1;
                 if idle.expired(now) {
                     expired.push(idle);
                 } else {
@@ -109,13 +107,12 @@ impl IdlePool {
         };
         let (evicted, start_sweeper) = {
             let mut shelves = self.shelves.lock();
-            let evicted = if shelves.count >= self.size {
+            let evicted = if shelves.len() >= self.size {
                 shelves.evict_oldest()
             } else {
                 None
             };
             shelves.by_key.entry(key).or_default().push(idle);
-            shelves.count += 1;
             let start_sweeper = !shelves.sweeping;
             shelves.sweeping = true;
             (evicted, start_sweeper)
@@ -156,8 +153,7 @@ impl IdlePool {
         let mut closed = Vec::new();
         let left = {
             let mut shelves = self.shelves.lock();
-            let Shelves { by_key, count, .. } = &mut *shelves;
-            by_key.retain(|_, shelf| {
+            shelves.by_key.retain(|_, shelf| {
                 let mut i = 0;
                 while i < shelf.len() {
                     let idle = &mut shelf[i];
@@ -165,14 +161,13 @@ impl IdlePool {
                         || !test_reusable_stream(&mut idle.stream, &self.unexpected_data)
                     {
                         closed.push(shelf.swap_remove(i));
-                        *count -= 1;
                     } else {
                         i += 1;
                     }
                 }
                 !shelf.is_empty()
             });
-            let left = *count > 0;
+            let left = !shelves.by_key.is_empty();
             if !left {
                 shelves.sweeping = false;
             }
@@ -186,11 +181,16 @@ impl IdlePool {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shelves.lock().count
+        self.shelves.lock().len()
     }
 }
 
 impl Shelves {
+    /// Connections shelved (keys with none are removed, so this is a sum over a few keys).
+    fn len(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
+
     fn evict_oldest(&mut self) -> Option<Shelved> {
         let (key, index) = self
             .by_key
@@ -208,7 +208,6 @@ impl Shelves {
         if shelf.is_empty() {
             self.by_key.remove(&key);
         }
-        self.count -= 1;
         Some(idle)
     }
 }
