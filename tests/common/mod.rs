@@ -307,10 +307,11 @@ pub fn test_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
 
 /// An origin that reads request heads itself and, like many servers, takes a body only
 /// when `Content-Length` is one plain number. It records every request line it receives,
-/// and keeps connections alive.
+/// counts the connections it accepted, and keeps connections alive.
 pub struct NaiveOrigin {
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicU64>,
 }
 
 impl NaiveOrigin {
@@ -318,19 +319,30 @@ impl NaiveOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let seen = lines.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let (seen, accepted) = (lines.clone(), connections.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let seen = seen.clone();
                 std::thread::spawn(move || serve_naively(conn, &seen));
             }
         });
-        NaiveOrigin { addr, lines }
+        NaiveOrigin {
+            addr,
+            lines,
+            connections,
+        }
     }
 
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// How often the sweeper looks at the connections nobody took.
@@ -30,6 +31,29 @@ struct Shelved {
     stream: Stream,
     since: Instant,
     timeout: Option<Duration>,
+    /// The no-steal runtime's thread whose I/O driver the connection is registered with.
+    home: Option<ThreadId>,
+}
+
+/// This thread, when it runs a single-threaded (no-steal) runtime: a connection made here is
+/// registered with this thread's I/O driver, and used from another thread every read and
+/// write of it would be woken through this one (an eventfd write and a wake-up across
+/// threads for most requests). So a thread takes only the connections it made, as each
+/// nginx worker keeps its own keepalive connections. `None` under a work-stealing runtime,
+/// whose one driver serves every worker: any connection will do there.
+fn home() -> Option<ThreadId> {
+    thread_local! {
+        static HOME: std::cell::OnceCell<Option<ThreadId>> = const { std::cell::OnceCell::new() };
+    }
+    HOME.with(|home| {
+        if let Some(known) = home.get() {
+            return *known;
+        }
+        let flavor = tokio::runtime::Handle::try_current().ok()?.runtime_flavor();
+        let here = (flavor == tokio::runtime::RuntimeFlavor::CurrentThread)
+            .then(|| std::thread::current().id());
+        *home.get_or_init(|| here)
+    })
 }
 
 impl Shelved {
@@ -67,21 +91,24 @@ impl IdlePool {
         }
     }
 
-    /// The most recently shelved connection under `key` that is within its idle timeout.
-    /// Expired ones met on the way are closed.
+    /// The most recently shelved connection under `key` that is within its idle timeout and
+    /// was made on this thread (see [`home`]). Expired ones met on the way are closed.
     pub(crate) fn take(&self, key: u64) -> Option<Stream> {
         let now = Instant::now();
+        let here = home();
         let mut expired = Vec::new();
         let found = {
             let mut shelves = self.shelves.lock();
             let by_key = &mut shelves.by_key;
             let shelf = by_key.get_mut(&key)?;
             let mut found = None;
-            while let Some(idle) = shelf.pop() {
-                if idle.expired(now) {
-                    expired.push(idle);
-                } else {
-                    found = Some(idle.stream);
+            let mut i = shelf.len();
+            while i > 0 {
+                i -= 1;
+                if shelf[i].expired(now) {
+                    expired.push(shelf.remove(i));
+                } else if here.is_none() || shelf[i].home == here {
+                    found = Some(shelf.remove(i).stream);
                     break;
                 }
             }
@@ -104,6 +131,7 @@ impl IdlePool {
             stream,
             since: Instant::now(),
             timeout,
+            home: home(),
         };
         let (evicted, start_sweeper) = {
             let mut shelves = self.shelves.lock();
@@ -246,6 +274,33 @@ mod tests {
 
     fn pool(size: usize) -> Arc<IdlePool> {
         Arc::new(IdlePool::new(size, Arc::new(AtomicU64::new(0)), None))
+    }
+
+    // One runtime per thread (Pingora's no-steal runtimes): a connection is taken only on
+    // the thread whose runtime made it.
+    #[test]
+    fn on_single_threaded_runtimes_a_thread_takes_only_the_connections_it_made() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let here = runtime();
+        let pool = pool(8);
+        let listener = here.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let (made_here, _server) = here.block_on(pair(&listener));
+        let id = made_here.id();
+        here.block_on(async { pool.put(1, made_here, None) });
+
+        let elsewhere = pool.clone();
+        let taken_elsewhere =
+            std::thread::spawn(move || runtime().block_on(async { elsewhere.take(1).is_some() }))
+                .join()
+                .unwrap();
+        assert!(!taken_elsewhere, "taken on another thread's runtime");
+        let taken_here = here.block_on(async { pool.take(1) }).unwrap();
+        assert_eq!(taken_here.id(), id);
     }
 
     #[tokio::test]

@@ -235,10 +235,24 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
             };
             match new_io {
-                Ok(io) => {
+                Ok(mut io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // Poplar patch: a connection served by another no-steal runtime than
+                    // the one that accepted it is registered with that runtime's I/O
+                    // driver first (`Stream::rehome`), so that its readiness wakes the
+                    // thread serving it directly, not through the accepting thread.
+                    let acceptor = std::thread::current().id();
                     current_handle().spawn(async move {
+                        if std::thread::current().id() != acceptor
+                            && tokio::runtime::Handle::current().runtime_flavor()
+                                == tokio::runtime::RuntimeFlavor::CurrentThread
+                        {
+                            if let Err(e) = io.rehome() {
+                                log::warn!("cannot move an accepted connection to its thread: {e}");
+                                return;
+                            }
+                        }
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {
@@ -252,7 +266,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                         DOWNSTREAM_HANDSHAKE_FAILURES
                                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                         if let Some(addr) = peer_addr {
-                                            log::info!("Downstream handshake error from {}: {e}", addr);
+                                            log::info!(
+                                                "Downstream handshake error from {}: {e}",
+                                                addr
+                                            );
                                         } else {
                                             log::info!("Downstream handshake error: {e}");
                                         }

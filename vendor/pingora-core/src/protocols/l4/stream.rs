@@ -613,6 +613,28 @@ impl Stream {
         Ok(())
     }
 
+    /// Poplar patch: registers the socket with the I/O driver of the runtime this is called
+    /// on, taking it off the one it was registered with. A socket's readiness is reported
+    /// by the driver it is registered with, so a connection accepted on one no-steal runtime
+    /// and served on another had every read and write woken across threads (an eventfd
+    /// write and a wake-up of the serving thread's epoll for most requests). Only for a
+    /// stream as accepted, before its buffers are set (`set_buffer`) and before it has been
+    /// read from or written to: it comes back unbuffered, as it was accepted.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let mut raw = buffered.into_inner();
+        raw.stream = match raw.stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            other => other,
+        };
+        self.stream = Some(BufferedStream::with_capacity(0, 0, raw));
+        Ok(())
+    }
+
     /// Put some data back to the head of the stream to be read again.
     ///
     /// This is useful when you've read data to detect a protocol (e.g., PROXY protocol)
@@ -978,6 +1000,41 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    // Poplar patch: `rehome`.
+    #[test]
+    fn a_rehomed_stream_is_served_by_its_new_runtime_when_the_old_one_is_gone() {
+        use std::io::{Read, Write};
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let accepting = runtime();
+        let mut stream: Stream = accepting
+            .block_on(async { TcpStream::from_std(accepted) })
+            .unwrap()
+            .into();
+        drop(accepting);
+
+        runtime().block_on(async {
+            stream.rehome().unwrap();
+            client.write_all(b"ping").unwrap();
+            let mut buffer = [0u8; 4];
+            stream.read_exact(&mut buffer).await.unwrap();
+            assert_eq!(&buffer, b"ping");
+            stream.write_all(b"pong").await.unwrap();
+            stream.flush().await.unwrap();
+        });
+        let mut buffer = [0u8; 4];
+        client.read_exact(&mut buffer).unwrap();
+        assert_eq!(&buffer, b"pong");
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
