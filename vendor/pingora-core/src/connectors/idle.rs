@@ -15,6 +15,7 @@
 // so the most recently used connection, the least likely to have been closed, goes first.
 
 use super::{test_reusable_stream, PoolCallback};
+use crate::protocols::l4::stream::driver_thread;
 use crate::protocols::Stream;
 use log::debug;
 use parking_lot::Mutex;
@@ -31,29 +32,10 @@ struct Shelved {
     stream: Stream,
     since: Instant,
     timeout: Option<Duration>,
-    /// The no-steal runtime's thread whose I/O driver the connection is registered with.
+    /// The no-steal runtime's thread whose I/O driver the connection is registered with
+    /// ([`driver_thread`]): a thread takes only the connections it made, as each nginx
+    /// worker keeps its own keepalive connections.
     home: Option<ThreadId>,
-}
-
-/// This thread, when it runs a single-threaded (no-steal) runtime: a connection made here is
-/// registered with this thread's I/O driver, and used from another thread every read and
-/// write of it would be woken through this one (an eventfd write and a wake-up across
-/// threads for most requests). So a thread takes only the connections it made, as each
-/// nginx worker keeps its own keepalive connections. `None` under a work-stealing runtime,
-/// whose one driver serves every worker: any connection will do there.
-fn home() -> Option<ThreadId> {
-    thread_local! {
-        static HOME: std::cell::OnceCell<Option<ThreadId>> = const { std::cell::OnceCell::new() };
-    }
-    HOME.with(|home| {
-        if let Some(known) = home.get() {
-            return *known;
-        }
-        let flavor = tokio::runtime::Handle::try_current().ok()?.runtime_flavor();
-        let here = (flavor == tokio::runtime::RuntimeFlavor::CurrentThread)
-            .then(|| std::thread::current().id());
-        *home.get_or_init(|| here)
-    })
 }
 
 impl Shelved {
@@ -92,10 +74,10 @@ impl IdlePool {
     }
 
     /// The most recently shelved connection under `key` that is within its idle timeout and
-    /// was made on this thread (see [`home`]). Expired ones met on the way are closed.
+    /// was made on this thread (see [`driver_thread`]). Expired ones met on the way are closed.
     pub(crate) fn take(&self, key: u64) -> Option<Stream> {
         let now = Instant::now();
-        let here = home();
+        let here = driver_thread();
         let mut expired = Vec::new();
         let found = {
             let mut shelves = self.shelves.lock();
@@ -131,7 +113,7 @@ impl IdlePool {
             stream,
             since: Instant::now(),
             timeout,
-            home: home(),
+            home: driver_thread(),
         };
         let (evicted, start_sweeper) = {
             let mut shelves = self.shelves.lock();

@@ -25,6 +25,7 @@ use crate::listeners::AcceptAllFilter;
 use crate::listeners::{
     ConnectionFilter, ListenerConfig, Listeners, ServerAddress, TcpSocketOptions, TransportStack,
 };
+use crate::protocols::l4::stream::driver_thread;
 use crate::protocols::Stream;
 #[cfg(unix)]
 use crate::server::ListenFds;
@@ -242,12 +243,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     // the one that accepted it is registered with that runtime's I/O
                     // driver first (`Stream::rehome`), so that its readiness wakes the
                     // thread serving it directly, not through the accepting thread.
-                    let acceptor = std::thread::current().id();
+                    let acceptor = driver_thread();
                     current_handle().spawn(async move {
-                        if std::thread::current().id() != acceptor
-                            && tokio::runtime::Handle::current().runtime_flavor()
-                                == tokio::runtime::RuntimeFlavor::CurrentThread
-                        {
+                        let serving = driver_thread();
+                        if serving.is_some() && serving != acceptor {
                             if let Err(e) = io.rehome() {
                                 log::warn!("cannot move an accepted connection to its thread: {e}");
                                 return;

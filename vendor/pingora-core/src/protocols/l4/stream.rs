@@ -520,6 +520,27 @@ impl AsyncWrite for BufferedStream {
 // NOTE: with writer buffering, users need to call flush() to make sure the data is actually
 // sent. Otherwise data could be stuck in the buffer forever or get lost when stream is closed.
 
+/// Poplar patch: this thread, when it runs a single-threaded (no-steal) runtime, whose I/O
+/// driver a socket made or registered here reports to; `None` under a work-stealing runtime,
+/// whose one driver serves every worker. A socket used from another thread than its driver's
+/// has every wake-up pass through that thread (an eventfd write and a cross-thread wake-up):
+/// see [`Stream::rehome`] and the idle pool.
+pub(crate) fn driver_thread() -> Option<std::thread::ThreadId> {
+    thread_local! {
+        static HOME: std::cell::OnceCell<Option<std::thread::ThreadId>> =
+            const { std::cell::OnceCell::new() };
+    }
+    HOME.with(|home| {
+        if let Some(known) = home.get() {
+            return *known;
+        }
+        let flavor = tokio::runtime::Handle::try_current().ok()?.runtime_flavor();
+        let here = (flavor == tokio::runtime::RuntimeFlavor::CurrentThread)
+            .then(|| std::thread::current().id());
+        *home.get_or_init(|| here)
+    })
+}
+
 /// A concrete type for transport layer connection + extra fields for logging
 #[derive(Debug)]
 pub struct Stream {
